@@ -1,0 +1,46 @@
+"""Small file-system helpers shared by every writer: atomic writes and safe paths."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temporary_name(name: str) -> str:
+    """A hidden name beside ``name``, unique across processes and hosts sharing a file system."""
+    return f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` so that readers see the old file or the new one, never a part of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(temporary_name(path.name))
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def inside(root: str | Path, relative: str | Path) -> Path:
+    """``root / relative``, refusing any path that would land outside ``root``."""
+    root = Path(root).resolve()
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise ValueError(f"{relative} would be written outside {root}")
+    return target

@@ -1,0 +1,1 @@
+"""Command line, manifests, corpus readers and the stage DAG of cslr-pipe."""

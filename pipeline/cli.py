@@ -1,0 +1,230 @@
+"""The `cslr-pipe` command line. Exit codes: 0 all good, 1 some videos failed, 2 usage error."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from cslr_pipe.features.store import open_cache
+from cslr_pipe.pipeline.manifest import (BadRow, ManifestError, build_vocabulary, read_manifest,
+                                         write_manifest, write_vocabulary)
+from cslr_pipe.pipeline.runner import CacheConflict, RunOptions, ShardResult, run_stage
+from cslr_pipe.pipeline.stages import get_stage
+
+
+class Failed(click.ClickException):
+    """Some items failed; each was already named on its own line."""
+
+    exit_code = 1
+
+
+def fail_usage(message: str) -> None:
+    raise click.UsageError(message)
+
+
+def report(results: list[ShardResult]) -> None:
+    """One line per failed video on stderr, a summary per stage on stdout; exit 1 on failures."""
+    failed = 0
+    for stage in dict.fromkeys(r.stage for r in results):
+        mine = [r for r in results if r.stage == stage]
+        for result in mine:
+            for video_id, reason in result.failed.items():
+                click.echo(f"failed: {stage} {video_id}: {reason}", err=True)
+        bad = sum(len(r.failed) for r in mine)
+        failed += bad
+        click.echo(f"{stage}: {sum(r.computed for r in mine)} computed, "
+                   f"{sum(r.reused for r in mine)} reused, "
+                   f"{sum(r.skipped for r in mine)} of {len(mine)} shards already complete, "
+                   f"{bad} failed")
+    if failed:
+        raise Failed(f"{failed} video(s) failed (listed above); fix them and re-run to retry only those")
+
+
+def handle_errors(function):
+    """Turn the errors a user can fix into one-line messages with exit code 2."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (ManifestError, CacheConflict, ValueError, FileNotFoundError) as error:
+            raise click.UsageError(str(error)) from None
+    return wrapper
+
+
+def stage_options(function):
+    """Options shared by every stage command (one stage over a manifest, or one array task)."""
+    options = [
+        click.option("--manifest", "manifest", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                     help="Manifest (JSON Lines) of the videos to process."),
+        click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="Cache folder; results go to OUT/<stage>/."),
+        click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Folder that relative video paths start from [default: the manifest's folder]."),
+        click.option("--shard-size", default=32, show_default=True, type=click.IntRange(min=1),
+                     help="Videos per shard (keep it equal across stages and re-runs)."),
+        click.option("--shard-index", default=0, show_default=True, type=click.IntRange(min=0),
+                     help="Run only shards k with k %% num-shards == shard-index (Slurm: $SLURM_ARRAY_TASK_ID)."),
+        click.option("--num-shards", default=1, show_default=True, type=click.IntRange(min=1),
+                     help="Number of array tasks sharing the work (Slurm: $SLURM_ARRAY_TASK_COUNT)."),
+        click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), default="gzip",
+                     show_default=True, help="HDF5 compression of the shards."),
+        click.option("--force", is_flag=True, help="Recompute shards that are already complete."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def run_stage_command(stage_name: str, config: dict, manifest: Path, out: Path, root: Path | None,
+                      shard_size: int, shard_index: int, num_shards: int, compression: str,
+                      force: bool, quiet: bool, device: str = "cpu") -> None:
+    if shard_index >= num_shards:
+        fail_usage(f"--shard-index {shard_index} must be smaller than --num-shards {num_shards}")
+    bad_rows: list[BadRow] = []
+    rows = read_manifest(manifest, bad_rows)
+    for bad in bad_rows:
+        click.echo(f"skipped manifest row: {bad}", err=True)
+    options = RunOptions(out=out, root=root or manifest.parent, shard_size=shard_size,
+                         compression=compression, device=device, force=force, progress=not quiet)
+    report(run_stage(get_stage(stage_name), config, rows, options, shard_index, num_shards))
+    if bad_rows:
+        raise Failed(f"{len(bad_rows)} manifest row(s) skipped (listed above)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cslr-pipe")
+def main() -> None:
+    """Preprocessing, feature caching and trainers for continuous sign language recognition.
+
+    Start with `cslr-pipe demo`; see `cslr-pipe COMMAND --help` for each stage.
+    """
+
+
+@main.command("manifest")
+@click.argument("corpus", type=click.Choice(["phoenix2014", "phoenix2014t", "csl-daily"]))
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The corpus folder as distributed (with annotations/ or video_map.txt).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Manifest file to write (JSON Lines).")
+@click.option("--vocab", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Vocabulary file to write [default: OUT with suffix .vocab.json].")
+@click.option("--frames", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of the frame folders, where it is not the corpus' usual place.")
+@click.option("--check-files", is_flag=True, help="Report rows whose frames are not on disk.")
+@handle_errors
+def manifest_command(corpus: str, root: Path, out: Path, vocab: Path | None, frames: Path | None,
+                     check_files: bool) -> None:
+    """Write a manifest and a gloss vocabulary from a corpus' official annotation files.
+
+    Video paths in the manifest are written relative to the manifest's folder.
+    """
+    from cslr_pipe.pipeline.corpora import READERS
+
+    bad_rows: list[BadRow] = []
+    rows = READERS[corpus](root, bad_rows, check_files=check_files, frames=frames)
+    base = out.resolve().parent
+    rows = [replace(row, video=Path(os.path.relpath((root / row.video).resolve(), base)).as_posix())
+            for row in rows]
+    write_manifest(rows, out)
+    vocab = vocab or out.with_suffix(".vocab.json")
+    vocabulary = build_vocabulary(rows)
+    write_vocabulary(vocabulary, vocab)
+    counts = {split: sum(row.split == split for row in rows) for split in ("train", "dev", "test")}
+    click.echo(f"{out}: {len(rows)} videos ({', '.join(f'{k} {v}' for k, v in counts.items())}); "
+               f"{vocab}: {len(vocabulary) - 1} glosses + blank")
+    for bad in bad_rows:
+        click.echo(f"bad row: {bad}", err=True)
+    if bad_rows:
+        raise Failed(f"{len(bad_rows)} row(s) left out (listed above)")
+
+
+@main.command()
+@stage_options
+@handle_errors
+def probe(**common) -> None:
+    """Decode every video once: frame count, size, fps and mean colour per frame (stage `probe`).
+
+    Run it first on a new corpus: it finds unreadable videos before the expensive stages do.
+    """
+    run_stage_command("probe", {}, **common)
+
+
+@main.command()
+@click.argument("workflow_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Overrides the workflow's manifest.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Overrides the workflow's cache folder.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder that relative video paths start from [default: the manifest's folder].")
+@click.option("--scheduler", default=None, help="Address of a running dask scheduler (tcp://host:8786).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Workers of the local cluster (overrides the workflow's cluster.n_workers).")
+@click.option("--force", is_flag=True, help="Recompute shards that are already complete.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@handle_errors
+def run(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path | None,
+        scheduler: str | None, workers: int | None, force: bool, quiet: bool) -> None:
+    """Run a workflow YAML (a DAG of stages) on dask: a local cluster, a scheduler, or Slurm."""
+    from cslr_pipe.pipeline.dag import load_workflow, run_workflow
+
+    workflow = load_workflow(workflow_file)
+    manifest = manifest or workflow.manifest
+    out = out or workflow.out
+    if manifest is None or out is None:
+        fail_usage("the workflow names no manifest/out: pass --manifest and --out")
+    if workers is not None:
+        workflow.cluster = {**workflow.cluster, "kind": "local", "n_workers": workers}
+    bad_rows: list[BadRow] = []
+    rows = read_manifest(manifest, bad_rows)
+    for bad in bad_rows:
+        click.echo(f"skipped manifest row: {bad}", err=True)
+    options = RunOptions(out=Path(out).resolve(), root=(root or workflow.root or manifest.parent).resolve(),
+                         shard_size=workflow.shard_size, compression=workflow.compression,
+                         device=workflow.device, force=force, progress=False)
+    report(run_workflow(workflow, rows, options, scheduler, progress=not quiet))
+    if bad_rows:
+        raise Failed(f"{len(bad_rows)} manifest row(s) skipped (listed above)")
+
+
+@main.command()
+@click.argument("cache_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@handle_errors
+def info(cache_dir: Path) -> None:
+    """What a cache holds: per stage, the videos done and failed and how they were made."""
+    cache = open_cache(cache_dir)
+    if not cache.stages():
+        click.echo(f"{cache_dir}: no committed shards")
+    for stage in cache.stages():
+        provenance = cache.provenance(stage)
+        failed = cache.failed(stage)
+        click.echo(f"{stage}: {len(cache.ids(stage))} videos, {len(failed)} failed; backend "
+                   f"{provenance.backend}, weights {provenance.weights_sha256[:12]}, "
+                   f"config {provenance.config}, cslr-pipe {provenance.package_version}")
+        for video_id, reason in failed.items():
+            click.echo(f"  failed {video_id}: {reason}")
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("cslr-demo"),
+              show_default=True, help="Folder for the demo corpus and its cache.")
+@click.option("--videos", type=click.IntRange(min=6), default=48, show_default=True,
+              help="Number of synthetic videos.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Workers of the local dask cluster.")
+@handle_errors
+def demo(out: Path, videos: int, workers: int) -> None:
+    """Offline end-to-end run on a generated corpus, on embedded defaults (minutes on 2 CPUs)."""
+    from cslr_pipe.pipeline.demo import run_demo
+
+    report(run_demo(out, videos, workers, echo=click.echo))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

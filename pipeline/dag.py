@@ -1,0 +1,169 @@
+"""Workflows: a YAML list of stages run as a dask graph, one task per (stage, shard).
+
+A workflow file (see workflows/demo.yaml)::
+
+    manifest: ../data_manifests/phoenix2014.jsonl   # relative to this file
+    out: ../cache/phoenix2014
+    shard_size: 32
+    compression: gzip
+    device: auto
+    stages:                      # in any order; dependencies come from each stage's `requires`
+      probe: {}
+      my_stage: {stage: "mypackage.stages:my_stage", option: 1}
+    cluster:                     # local (default) | slurm; `--scheduler ADDRESS` uses a running one
+      kind: local
+      n_workers: 2
+
+Task (stage B, shard k) depends on (stage A, shard k) for every A that B requires and that the
+workflow also runs; a required stage that the workflow does not run must already be in the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from cslr_pipe.features.store import load_records, write_index
+from cslr_pipe.pipeline.manifest import ManifestRow
+from cslr_pipe.pipeline.runner import RunOptions, ShardResult, plan_shards, run_shard
+from cslr_pipe.pipeline.stages import Stage, get_stage
+
+WORKFLOW_KEYS = {"manifest", "out", "root", "shard_size", "compression", "device", "stages", "cluster"}
+
+
+@dataclass
+class Workflow:
+    """A parsed workflow file; paths are absolute."""
+
+    stages: dict[str, dict]  # stage name (or import path) -> config
+    manifest: Path | None = None
+    out: Path | None = None
+    root: Path | None = None
+    shard_size: int = 32
+    compression: str = "gzip"
+    device: str = "auto"
+    cluster: dict = field(default_factory=lambda: {"kind": "local"})
+
+
+def load_workflow(path: str | Path) -> Workflow:
+    """Read a workflow YAML (safe loader); relative paths resolve against its folder."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), dict) or not data["stages"]:
+        raise ValueError(f"{path}: a workflow is a mapping with a non-empty 'stages' mapping")
+    unknown = sorted(set(data) - WORKFLOW_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    for key in ("manifest", "out", "root"):
+        if data.get(key) is not None:
+            data[key] = (path.parent / data[key]).resolve()
+    data["stages"] = {name: dict(config or {}) for name, config in data["stages"].items()}
+    return Workflow(**data)
+
+
+def ordered_stages(workflow: Workflow) -> list[tuple[Stage, dict]]:
+    """(stage, resolved config) in an order where every stage follows the ones it requires."""
+    entries = {}
+    for name, config in workflow.stages.items():
+        config = dict(config)
+        stage = get_stage(config.pop("stage", name))
+        entries[stage.name] = (stage, stage.resolve_config(config))
+    ordered: list[tuple[Stage, dict]] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if any(stage.name == name for stage, _ in ordered):
+            return
+        if name in visiting:
+            raise ValueError(f"workflow stages depend on each other in a cycle through {name!r}")
+        visiting.add(name)
+        stage, _ = entries[name]
+        for required in stage.requires:
+            if required in entries:
+                visit(required)
+        visiting.discard(name)
+        ordered.append(entries[name])
+
+    for name in entries:
+        visit(name)
+    return ordered
+
+
+def build_graph(workflow: Workflow, rows: list[ManifestRow], options: RunOptions) -> dict:
+    """The dask graph: key (stage, shard) -> delayed run_shard call, with shard-wise dependencies."""
+    from dask import delayed
+
+    stages = ordered_stages(workflow)
+    in_workflow = {stage.name for stage, _ in stages}
+    for stage, _ in stages:
+        for required in stage.requires:
+            if required not in in_workflow and not load_records(options.out / required):
+                raise ValueError(f"stage {stage.name} requires {required}, which is neither in "
+                                 f"the workflow nor in {options.out}")
+    plan = plan_shards(rows, options.shard_size)
+    tasks: dict[tuple[str, int], object] = {}
+    for stage, config in stages:
+        for shard, shard_rows in enumerate(plan):
+            after = [tasks[(required, shard)] for required in stage.requires if required in in_workflow]
+            tasks[(stage.name, shard)] = delayed(_run_after, pure=False, name=f"{stage.name}-{shard}")(
+                stage, config, shard_rows, shard, options, after)
+    return tasks
+
+
+def _run_after(stage: Stage, config: dict, rows: list[ManifestRow], shard: int,
+               options: RunOptions, _after: list) -> ShardResult:
+    return run_shard(stage, config, rows, shard, options)
+
+
+@contextlib.contextmanager
+def connect(cluster: dict, scheduler: str | None = None) -> Iterator[object]:
+    """A dask Client for the workflow's cluster spec, or for a running scheduler's address."""
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    spec = dict(cluster)
+    kind = spec.pop("kind", "local")
+    if kind == "local":
+        spec.setdefault("n_workers", 2)
+        spec.setdefault("threads_per_worker", 1)
+        spec.setdefault("dashboard_address", None)
+        with LocalCluster(**spec) as local, Client(local) as client:
+            yield client
+    elif kind == "slurm":
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError:
+            raise RuntimeError("cluster kind 'slurm' needs dask-jobqueue: pip install 'cslr-pipe[slurm]'") from None
+        jobs = spec.pop("jobs", 1)
+        with SLURMCluster(**spec) as slurm, Client(slurm) as client:
+            slurm.scale(jobs=jobs)
+            yield client
+    else:
+        raise ValueError(f"cluster kind must be 'local' or 'slurm', got {kind!r}")
+
+
+def run_workflow(workflow: Workflow, rows: list[ManifestRow], options: RunOptions,
+                 scheduler: str | None = None, progress: bool = True) -> list[ShardResult]:
+    """Run every (stage, shard) task on dask; returns one result per task."""
+    from dask.distributed import as_completed
+    from tqdm import tqdm
+
+    tasks = build_graph(workflow, rows, options)
+    keys = list(tasks)
+    with connect(workflow.cluster, scheduler) as client:
+        futures = client.compute([tasks[key] for key in keys])
+        key_of = {future.key: key for future, key in zip(futures, keys)}
+        results = {}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="workflow",
+                           unit="shard", disable=not progress):
+            results[key_of[future.key]] = future.result()
+    for stage in dict.fromkeys(stage for stage, _ in keys):
+        write_index(options.out / stage)
+    return [results[key] for key in keys]

@@ -1,0 +1,132 @@
+"""Stages: plain functions from (one video, a config) to arrays, registered once by name.
+
+Each CLI stage command and every workflow run (`cslr-pipe run`) execute the same Stage objects
+through :mod:`cslr_pipe.pipeline.runner`. A stage's ``build(config, device)`` loads its backend
+once per shard and returns the function that processes one video.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cslr_pipe.features.store import Cache, Provenance, sha256_file
+from cslr_pipe.features.video import VideoError, iter_frames, probe_video
+from cslr_pipe.pipeline.manifest import ManifestRow
+
+_STAGE_NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
+
+
+@dataclass
+class VideoItem:
+    """One video handed to a stage: its manifest row, its resolved path, earlier stages' results."""
+
+    row: ManifestRow
+    path: Path
+    cache: Cache | None = None
+    requires: tuple[str, ...] = ()
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """Results of the stages this one requires, read from the cache."""
+        if not self.requires:
+            return {}
+        if self.cache is None:
+            raise VideoError(self.path, f"needs {', '.join(self.requires)} results, and there is no cache")
+        try:
+            return self.cache.read(self.row.id, stages=self.requires)
+        except KeyError as error:
+            raise VideoError(self.path, error.args[0]) from None
+
+
+@dataclass
+class StageOutput:
+    """What a stage returns for one video."""
+
+    arrays: dict[str, np.ndarray]
+    attrs: dict[str, dict] = field(default_factory=dict)  # per dataset (e.g. its encoding)
+    group_attrs: dict = field(default_factory=dict)  # per video (frame size, fps, ...)
+
+
+Processor = Callable[[VideoItem], StageOutput]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named step of the DAG; its outputs go to CACHE/<name>/."""
+
+    name: str
+    build: Callable[[dict, str], Processor]  # (config, device) -> process one video
+    defaults: dict  # every config key with its default; unknown keys are refused
+    requires: tuple[str, ...] = ()
+    description: str = ""
+
+    def resolve_config(self, config: dict | None) -> dict:
+        """Defaults overlaid with ``config``; a key the stage does not know is an error."""
+        config = dict(config or {})
+        unknown = sorted(set(config) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"stage {self.name!r} has no option(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(self.defaults)) or 'none'}")
+        return {**self.defaults, **config}
+
+    def provenance(self, config: dict) -> Provenance:
+        """What the results depend on: the weights file enters by its sha256, not its path."""
+        weights = config.get("weights")
+        if weights and not Path(weights).is_file():
+            raise FileNotFoundError(f"stage {self.name}: weights file {weights} not found")
+        digest = sha256_file(weights) if weights else "none"
+        kept = {k: v for k, v in config.items() if k != "weights"}
+        return Provenance(self.name, str(config.get("backend", "builtin")), kept, digest)
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def register_stage(stage: Stage) -> Stage:
+    if not _STAGE_NAME.match(stage.name):
+        raise ValueError(f"stage name {stage.name!r} must match {_STAGE_NAME.pattern}")
+    STAGES[stage.name] = stage
+    return stage
+
+
+def get_stage(name: str) -> Stage:
+    """A registered stage by name, or a user's Stage object by import path ``module:attribute``."""
+    if name in STAGES:
+        return STAGES[name]
+    if ":" in name:
+        module, _, attribute = name.partition(":")
+        stage = getattr(importlib.import_module(module), attribute)
+        if not isinstance(stage, Stage):
+            raise ValueError(f"{name} is not a cslr_pipe Stage")
+        return stage
+    raise ValueError(f"unknown stage {name!r}; known: {', '.join(sorted(STAGES))}")
+
+
+# ---------------------------------------------------------------------------------------------
+# probe: decode every frame once; catches unreadable videos before the expensive stages run.
+
+
+def _build_probe(config: dict, device: str) -> Processor:
+    def probe(item: VideoItem) -> StageOutput:
+        info = probe_video(item.path)
+        means = [chunk.reshape(len(chunk), -1, 3).mean(axis=1)
+                 for chunk in iter_frames(item.path)]
+        frame_mean = np.concatenate(means).astype(np.float32)
+        fps = info.fps or item.row.fps or 0.0
+        return StageOutput({"frame_mean": frame_mean},
+                           group_attrs={"num_frames": len(frame_mean), "height": info.height,
+                                        "width": info.width, "fps": float(fps)})
+    return probe
+
+
+register_stage(Stage(
+    name="probe",
+    build=_build_probe,
+    defaults={},
+    description="Decode every frame; store frame count, size, fps and the mean colour per frame.",
+))
