@@ -13,8 +13,6 @@ measures in this one run, best of R repeats, each repeat timing a full decode:
          OpenCV's FFmpeg backend decodes with CAP_PROP_N_THREADS threads (= CPU count)
     (b)  ours: iter_frames(path, chunk_size=64, size=(224, 224)), decode + resize
     (c)  ours: iter_frames(path, chunk_size=64), decode only
-    (c') what-if: (c) followed by cv2.resize(INTER_LINEAR) to 224x224; iter_frames shrinks
-         with INTER_AREA, which is slow for non-integer factors such as 256 -> 224
   PNG frame folder
     (d)  baseline: a plain loop of cv2.imread over the files
     (e)  ours: iter_frames(folder, chunk_size=64)
@@ -104,15 +102,6 @@ def ours(path: Path, size: tuple[int, int] | None) -> int:
     return sum(len(chunk) for chunk in iter_frames(path, chunk_size=64, size=size))
 
 
-def ours_then_linear_resize(path: Path, size: tuple[int, int]) -> int:
-    """What (b) would cost with bilinear instead of area interpolation (not the library's path)."""
-    height, width = size
-    count = 0
-    for chunk in iter_frames(path, chunk_size=64):
-        for frame in chunk:
-            cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)
-            count += 1
-    return count
 
 
 def imread_loop(folder: Path) -> int:
@@ -181,19 +170,17 @@ def main(argv: list[str] | None = None) -> int:
             "pyav_auto": lambda: pyav_decode(video, "AUTO"),
             "resize": lambda: ours(video, (224, 224)),
             "decode": lambda: ours(video, None),
-            "linear": lambda: ours_then_linear_resize(video, (224, 224)),
             "imread": lambda: imread_loop(folder),
             "folder": lambda: ours(folder, None),
         }, args.repeats, n)
-        t_pyav, t_pyav_auto, t_resize, t_decode, t_linear, t_imread, t_folder = (
-            t[k] for k in ("pyav", "pyav_auto", "resize", "decode", "linear", "imread", "folder"))
+        t_pyav, t_pyav_auto, t_resize, t_decode, t_imread, t_folder = (
+            t[k] for k in ("pyav", "pyav_auto", "resize", "decode", "imread", "folder"))
 
     rows = [
         ("(a)  PyAV decode -> rgb24 ndarray (default threading) [baseline]", t_pyav),
         ("(a') PyAV decode -> rgb24 ndarray, thread_type=AUTO", t_pyav_auto),
         ("(b)  iter_frames(chunk_size=64, size=(224,224))", t_resize),
         ("(c)  iter_frames(chunk_size=64), no resize", t_decode),
-        ("(c') what-if: (c) + cv2.resize INTER_LINEAR to 224x224", t_linear),
         ("(d)  PNG folder: plain cv2.imread loop [baseline]", t_imread),
         ("(e)  PNG folder: iter_frames(chunk_size=64)", t_folder),
     ]
@@ -209,7 +196,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio (c)/(a)  decode only vs PyAV decode:                {t_pyav / t_decode:.2f}x")
     print(f"ratio (b)/(a') decode+resize vs PyAV frame-threaded:      {t_pyav_auto / t_resize:.2f}x")
     print(f"ratio (c)/(a') decode only vs PyAV frame-threaded:        {t_pyav_auto / t_decode:.2f}x")
-    print(f"ratio (c')/(a) what-if bilinear resize vs PyAV decode:    {t_pyav / t_linear:.2f}x")
     print(f"ratio (e)/(d)  PNG folder vs plain cv2.imread:            {t_imread / t_folder:.2f}x")
     return 0
 

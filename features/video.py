@@ -16,7 +16,7 @@ import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
-cv2.setNumThreads(1)  # one decode thread per worker process; parallelism comes from the workers
+cv2.setNumThreads(1)  # OpenCV's own loops (resize) stay on one thread; workers give parallelism
 
 
 class VideoError(RuntimeError):
@@ -52,8 +52,10 @@ def _resize(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     if size is None or frame.shape[:2] == tuple(size):
         return frame
     height, width = size
-    shrinking = height * width < frame.shape[0] * frame.shape[1]
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    # Area averaging only where bilinear would alias (shrinking by more than 1.5x): it costs
+    # about 5x more per frame, and for mild factors like 256 -> 224 the two look the same.
+    scale = min(height / frame.shape[0], width / frame.shape[1])
+    interpolation = cv2.INTER_AREA if scale < 2 / 3 else cv2.INTER_LINEAR
     return cv2.resize(frame, (width, height), interpolation=interpolation)
 
 

@@ -137,16 +137,21 @@ def connect(cluster: dict, scheduler: str | None = None) -> Iterator[object]:
         with LocalCluster(**spec) as local, Client(local) as client:
             yield client
     elif kind == "slurm":
-        try:
-            from dask_jobqueue import SLURMCluster
-        except ImportError:
-            raise RuntimeError("cluster kind 'slurm' needs dask-jobqueue: pip install 'cslr-pipe[slurm]'") from None
         jobs = spec.pop("jobs", 1)
-        with SLURMCluster(**spec) as slurm, Client(slurm) as client:
+        with slurm_cluster(spec) as slurm, Client(slurm) as client:
             slurm.scale(jobs=jobs)
             yield client
     else:
         raise ValueError(f"cluster kind must be 'local' or 'slurm', got {kind!r}")
+
+
+def slurm_cluster(spec: dict):
+    """A dask-jobqueue SLURMCluster from a workflow's cluster options (without kind and jobs)."""
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise RuntimeError("cluster kind 'slurm' needs dask-jobqueue: pip install 'cslr-pipe[slurm]'") from None
+    return SLURMCluster(**spec)
 
 
 def run_workflow(workflow: Workflow, rows: list[ManifestRow], options: RunOptions,

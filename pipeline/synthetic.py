@@ -76,8 +76,11 @@ class CorpusSpec:
             raise ValueError("need fps > 0, 0 <= speed_jitter < 1 and folder_every >= 1")
 
 
-# ---------------------------------------------------------------- gloss motions (signer units)
+# ---------------------------------------------------------------- signer and glosses (signer units)
 
+SHOULDERS = {"right": np.array([0.36, 0.42]), "left": np.array([0.64, 0.42])}
+UPPER_ARM, FOREARM = 0.25, 0.23
+HEAD_CENTER, HEAD_AXES = np.array([0.5, 0.2]), np.array([0.075, 0.095])
 REST_R, REST_L = (0.38, 0.86), (0.62, 0.86)
 REST_RH, REST_LH = (95.0, 0.5), (85.0, 0.5)  # relaxed hands hanging down
 
@@ -105,7 +108,7 @@ def _thanks(p):  # flat right hand from the chin forwards and down
 
 def _no(p):  # half-closed right hand zigzags down across the chest
     tri = 1 - abs((3 * p) % 2 - 1)  # 0 -> 1 -> 0 -> 1: three strokes
-    return _pose((0.36 + 0.20 * tri, 0.46 + 0.20 * p), REST_L, (-45.0, 0.3))
+    return _pose((0.40 + 0.18 * tri, 0.54 + 0.16 * p), REST_L, (-45.0, 0.3))
 
 
 def _please(p):  # flat right hand circles on the chest
@@ -124,9 +127,9 @@ def _more(p):  # both fists tap together twice in front of the body
 
 
 def _rain(p):  # both open hands, fingers down, fall twice with wiggling fingers
-    y = 0.42 + 0.18 * (1 - np.cos(4 * np.pi * p)) / 2
+    y = 0.54 + 0.16 * (1 - np.cos(4 * np.pi * p)) / 2
     wiggle = 0.75 + 0.25 * np.sin(8 * np.pi * p)
-    return _pose((0.37, y), (0.63, y), (95.0, wiggle), (85.0, wiggle))
+    return _pose((0.41, y), (0.59, y), (95.0, wiggle), (85.0, wiggle))
 
 
 def _change(p):  # the hands swap sides, the right one passing above the left
@@ -145,10 +148,24 @@ assert tuple(_MOTIONS) == GLOSSES
 
 
 def _transition(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
-    """``n`` poses strictly between ``a`` and ``b``, eased in and out."""
+    """``n`` poses strictly between ``a`` and ``b``, eased in and out.
+
+    Wrists move in polar coordinates around their shoulders, so a hand swings around its
+    shoulder (as an arm does) instead of passing through it.
+    """
     t = np.arange(1, n + 1) / (n + 1)
     e = (t * t * (3 - 2 * t))[:, None]
-    return a + e * (b - a)
+    poses = a + e * (b - a)
+    for i, shoulder in ((0, SHOULDERS["right"]), (2, SHOULDERS["left"])):
+        (ra, aa), (rb, ab) = _polar(a[i:i + 2] - shoulder), _polar(b[i:i + 2] - shoulder)
+        turn = (ab - aa + np.pi) % (2 * np.pi) - np.pi  # the shorter way round
+        radius, angle = ra + e[:, 0] * (rb - ra), aa + e[:, 0] * turn
+        poses[:, i:i + 2] = shoulder + radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)
+    return poses
+
+
+def _polar(v: np.ndarray) -> tuple[float, float]:
+    return float(np.hypot(*v)), float(np.arctan2(v[1], v[0]))
 
 
 def _timeline(glosses: list[str], rng: np.random.Generator, duration: float) -> np.ndarray:
@@ -169,10 +186,6 @@ def _timeline(glosses: list[str], rng: np.random.Generator, duration: float) -> 
 
 
 # ---------------------------------------------------------------- skeleton (signer units)
-
-SHOULDERS = {"right": np.array([0.36, 0.42]), "left": np.array([0.64, 0.42])}
-UPPER_ARM, FOREARM = 0.25, 0.23
-HEAD_CENTER, HEAD_AXES = np.array([0.5, 0.2]), np.array([0.075, 0.095])
 
 
 def _ellipse(center, ax, ay, degrees) -> np.ndarray:
@@ -305,13 +318,14 @@ class _Look:
 def _random_look(spec: CorpusSpec, rng: np.random.Generator) -> _Look:
     side = min(spec.height, spec.width)
     unit = side * rng.uniform(0.92, 1.08)
-    origin = np.array([(spec.width - unit) / 2, (spec.height - unit) / 2]) + rng.uniform(-0.04, 0.04, 2) * side
+    origin = (np.array([spec.width - unit, spec.height - unit]) / 2
+              + rng.uniform(-0.04, 0.04, 2) * side)
     shirt = np.array([55, 65, 100]) + rng.uniform(-15, 15, 3)
     tone = np.array([200, 198, 190]) + rng.uniform(-12, 12, 3)
     coarse = rng.normal(0, 1, (spec.height // 8 + 2, spec.width // 8 + 2, 1)).astype(np.float32)
-    texture = cv2.resize(coarse, (spec.width, spec.height), interpolation=cv2.INTER_CUBIC)[..., None]
+    texture = cv2.resize(coarse, (spec.width, spec.height), interpolation=cv2.INTER_CUBIC)
     fine = rng.normal(0, 1, (spec.height, spec.width, 1))
-    background = np.clip(tone + 9 * texture + 3 * fine, 0, 255).astype(np.uint8)
+    background = np.clip(tone + 9 * texture[..., None] + 3 * fine, 0, 255).astype(np.uint8)
     return _Look(origin, unit, _rgb(shirt), _rgb(shirt * 0.8), background)
 
 
@@ -325,9 +339,9 @@ def _draw_body(look: _Look, static_px: np.ndarray) -> np.ndarray:
     neck = look.px([(0.47, 0.26), (0.53, 0.26), (0.535, 0.38), (0.465, 0.38)])
     cv2.fillPoly(img, [_fx(neck)], _rgb(np.array(SKIN_RGB) * 0.9), aa, SHIFT)
     skin = _rgb(SKIN_RGB)
+    ear_axes = _pt(np.array([0.012, 0.02]) * look.unit)
     for ear in (R_EAR, L_EAR):
-        axes = _pt(np.array([0.012, 0.02]) * look.unit)
-        cv2.ellipse(img, _pt(static_px[ear]), axes, 0, 0, 360, skin, -1, aa, SHIFT)
+        cv2.ellipse(img, _pt(static_px[ear]), ear_axes, 0, 0, 360, skin, -1, aa, SHIFT)
     center, axes = _pt(look.px(HEAD_CENTER)), _pt(HEAD_AXES * look.unit)
     cv2.ellipse(img, center, axes, 0, 0, 360, skin, -1, aa, SHIFT)
     hair_center = _pt(look.px(HEAD_CENTER - [0, 0.04]))
@@ -347,7 +361,8 @@ def _draw_body(look: _Look, static_px: np.ndarray) -> np.ndarray:
 
 def _draw_arm_and_hand(img, look: _Look, shoulder, elbow, hand, palm, colour) -> None:
     aa = cv2.LINE_AA
-    cv2.polylines(img, [_fx([shoulder, elbow, hand[0]])], False, look.sleeve, look.width(0.05, 2), aa, SHIFT)
+    arm = _fx([shoulder, elbow, hand[0]])
+    cv2.polylines(img, [arm], False, look.sleeve, look.width(0.05, 2), aa, SHIFT)
     cv2.fillPoly(img, [_fx(palm)], colour, aa, SHIFT)
     finger = look.width(0.014)
     for start in range(1, 21, 4):  # thumb, index, middle, ring, little
@@ -487,7 +502,8 @@ def make_corpus(out_dir: str | Path, spec: CorpusSpec = CorpusSpec()) -> Path:
     rows, truth = [], {}
     for index, (split, glosses) in enumerate(plan_corpus(spec)):
         video_id = f"demo-{index + 1:04d}"
-        frames, keypoints = render_video(list(glosses), spec, np.random.default_rng((spec.seed, index + 1)))
+        rng = np.random.default_rng((spec.seed, index + 1))  # each video on its own stream
+        frames, keypoints = render_video(list(glosses), spec, rng)
         video = f"videos/{video_id}.mp4"
         as_folder = index % spec.folder_every == spec.folder_every - 1
         if not as_folder and not _write_mp4(out_dir / video, frames, spec.fps):

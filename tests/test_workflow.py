@@ -79,3 +79,17 @@ def test_run_demo_workflow_on_a_local_cluster_with_two_workers(tiny_corpus, tmp_
     assert open_cache(out).ids("probe") == sorted(row["id"] for row in rows)
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "1 of 1 shards already complete" in again.output
+
+
+def test_slurm_template_makes_a_valid_job_script():
+    pytest.importorskip("dask_jobqueue")
+    from cslr_pipe.pipeline.dag import slurm_cluster
+
+    workflow = load_workflow(demo_workflow_path().parent / "slurm" / "dask-jobqueue.yaml")
+    spec = {k: v for k, v in workflow.cluster.items() if k not in ("kind", "jobs")}
+    assert workflow.cluster["kind"] == "slurm" and workflow.stages == {"probe": {}}
+    with slurm_cluster({**spec, "scheduler_options": {"host": "127.0.0.1"}}) as cluster:
+        script = cluster.job_script()
+    for line in ("#SBATCH -p gpu", "#SBATCH -A my-project", "#SBATCH --gres=gpu:1",
+                 "#SBATCH -t 02:00:00", "source .venv/bin/activate", "--lifetime 55m", "--nworkers 2"):
+        assert line in script
