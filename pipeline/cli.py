@@ -11,9 +11,10 @@ from pathlib import Path
 import click
 
 from cslr_pipe.features.store import open_cache
+from cslr_pipe.features.video import VideoError
 from cslr_pipe.pipeline.manifest import (BadRow, ManifestError, build_vocabulary, read_manifest,
                                          write_manifest, write_vocabulary)
-from cslr_pipe.pipeline.runner import CacheConflict, RunOptions, ShardResult, run_stage
+from cslr_pipe.pipeline.runner import CacheConflict, RunOptions, ShardResult, run_stage, video_path
 from cslr_pipe.pipeline.stages import get_stage
 
 
@@ -45,13 +46,28 @@ def report(results: list[ShardResult]) -> None:
         raise Failed(f"{failed} video(s) failed (listed above); fix them and re-run to retry only those")
 
 
+def read_rows(manifest: Path) -> tuple[list, list[BadRow]]:
+    """The manifest's good rows; each bad row is named on stderr and returned for the exit code."""
+    bad_rows: list[BadRow] = []
+    rows = read_manifest(manifest, bad_rows)
+    for bad in bad_rows:
+        click.echo(f"skipped manifest row: {bad}", err=True)
+    return rows, bad_rows
+
+
+def finish(results: list[ShardResult], bad_rows: list[BadRow]) -> None:
+    report(results)
+    if bad_rows:
+        raise Failed(f"{len(bad_rows)} manifest row(s) skipped (listed above)")
+
+
 def handle_errors(function):
     """Turn the errors a user can fix into one-line messages with exit code 2."""
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except (ManifestError, CacheConflict, ValueError, FileNotFoundError) as error:
+        except (ManifestError, CacheConflict, ValueError, FileNotFoundError, VideoError) as error:
             raise click.UsageError(str(error)) from None
     return wrapper
 
@@ -86,15 +102,10 @@ def run_stage_command(stage_name: str, config: dict, manifest: Path, out: Path, 
                       force: bool, quiet: bool, device: str = "cpu") -> None:
     if shard_index >= num_shards:
         fail_usage(f"--shard-index {shard_index} must be smaller than --num-shards {num_shards}")
-    bad_rows: list[BadRow] = []
-    rows = read_manifest(manifest, bad_rows)
-    for bad in bad_rows:
-        click.echo(f"skipped manifest row: {bad}", err=True)
+    rows, bad_rows = read_rows(manifest)
     options = RunOptions(out=out, root=root or manifest.parent, shard_size=shard_size,
                          compression=compression, device=device, force=force, progress=not quiet)
-    report(run_stage(get_stage(stage_name), config, rows, options, shard_index, num_shards))
-    if bad_rows:
-        raise Failed(f"{len(bad_rows)} manifest row(s) skipped (listed above)")
+    finish(run_stage(get_stage(stage_name), config, rows, options, shard_index, num_shards), bad_rows)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -181,16 +192,11 @@ def run(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path
         fail_usage("the workflow names no manifest/out: pass --manifest and --out")
     if workers is not None:
         workflow.cluster = {**workflow.cluster, "kind": "local", "n_workers": workers}
-    bad_rows: list[BadRow] = []
-    rows = read_manifest(manifest, bad_rows)
-    for bad in bad_rows:
-        click.echo(f"skipped manifest row: {bad}", err=True)
+    rows, bad_rows = read_rows(manifest)
     options = RunOptions(out=Path(out).resolve(), root=(root or workflow.root or manifest.parent).resolve(),
                          shard_size=workflow.shard_size, compression=workflow.compression,
                          device=workflow.device, force=force, progress=False)
-    report(run_workflow(workflow, rows, options, scheduler, progress=not quiet))
-    if bad_rows:
-        raise Failed(f"{len(bad_rows)} manifest row(s) skipped (listed above)")
+    finish(run_workflow(workflow, rows, options, scheduler, progress=not quiet), bad_rows)
 
 
 @main.command()
@@ -209,6 +215,33 @@ def info(cache_dir: Path) -> None:
                    f"config {provenance.config}, cslr-pipe {provenance.package_version}")
         for video_id, reason in failed.items():
             click.echo(f"  failed {video_id}: {reason}")
+
+
+@main.command()
+@click.argument("video_id")
+@click.option("--manifest", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Manifest that lists the video.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache whose results are drawn over the frames.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder that relative video paths start from [default: the manifest's folder].")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG file to write.")
+@click.option("--frames", "num_frames", type=click.IntRange(min=1, max=32), default=8, show_default=True,
+              help="Frames in the strip.")
+@handle_errors
+def inspect(video_id: str, manifest: Path, cache_dir: Path | None, root: Path | None, out: Path,
+            num_frames: int) -> None:
+    """Draw one video's frames and what the cache holds for it into a PNG."""
+    from cslr_pipe.pipeline.inspect import inspect_video
+
+    rows = {row.id: row for row in read_manifest(manifest)}
+    if video_id not in rows:
+        fail_usage(f"{video_id} is not in {manifest}")
+    row = rows[video_id]
+    cache = open_cache(cache_dir) if cache_dir else None
+    path = inspect_video(row, video_path(row, root or manifest.parent), cache, out, num_frames)
+    click.echo(f"wrote {path}")
 
 
 @main.command()

@@ -7,11 +7,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+from cslr_pipe.features.files import inside
 from cslr_pipe.features.store import open_cache
 from cslr_pipe.pipeline.dag import load_workflow, run_workflow
 from cslr_pipe.pipeline.manifest import read_manifest
-from cslr_pipe.pipeline.runner import RunOptions, ShardResult
+from cslr_pipe.pipeline.inspect import inspect_video
+from cslr_pipe.pipeline.runner import RunOptions, ShardResult, video_path
 from cslr_pipe.pipeline.synthetic import CorpusSpec, make_corpus
+
+PICTURES = 2  # videos drawn by `cslr-pipe inspect` at the end
 
 
 def demo_workflow_path() -> Path:
@@ -35,6 +39,10 @@ def run_demo(out: Path, num_videos: int = 48, workers: int = 2,
     cache = open_cache(options.out)
     for stage in cache.stages():
         echo(f"cache: {stage}: {len(cache.ids(stage))} videos in {options.out / stage}")
+    for row in rows[:PICTURES]:
+        picture = inspect_video(row, video_path(row, options.root), cache,
+                                inside(out, f"pictures/{row.id}.png"))
+        echo(f"picture: {picture}")
     echo(f"demo finished in {time.perf_counter() - start:.0f} s; look inside with "
          f"`cslr-pipe info {options.out}`")
     return results

@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 from tqdm import tqdm
 
+from cslr_pipe.features.files import inside
 from cslr_pipe.features.store import Cache, Provenance, ShardRecord, ShardWriter, load_records, write_index
 from cslr_pipe.features.video import VideoError
 from cslr_pipe.pipeline.manifest import ManifestRow
@@ -84,7 +85,7 @@ def run_shard(stage: Stage, config: dict, rows: list[ManifestRow], shard: int,
     Per-video problems are recorded as failures and the shard completes with the other videos;
     the failed ones are retried on the next run.
     """
-    stage_dir = options.out / stage.name
+    stage_dir = inside(options.out, stage.name)
     planned = [row.id for row in rows]
     result = ShardResult(stage.name, shard)
     provenance = stage.provenance(config)

@@ -101,8 +101,8 @@ def get_stage(name: str) -> Stage:
     if ":" in name:
         module, _, attribute = name.partition(":")
         stage = getattr(importlib.import_module(module), attribute)
-        if not isinstance(stage, Stage):
-            raise ValueError(f"{name} is not a cslr_pipe Stage")
+        if not isinstance(stage, Stage) or not _STAGE_NAME.match(stage.name):
+            raise ValueError(f"{name} is not a cslr_pipe Stage with a name matching {_STAGE_NAME.pattern}")
         return stage
     raise ValueError(f"unknown stage {name!r}; known: {', '.join(sorted(STAGES))}")
 

@@ -99,3 +99,25 @@ def test_demo_runs_offline_end_to_end(tmp_path):
     manifest = read_manifest(tmp_path / "demo" / "corpus" / "manifest.jsonl")
     assert cache.ids("probe") == sorted(row.id for row in manifest)
     assert "demo finished" in result.output
+    pictures = sorted((tmp_path / "demo" / "pictures").glob("*.png"))
+    assert len(pictures) == 2 and all(f"picture: {p}" in result.output for p in pictures)
+
+
+def test_inspect_draws_frames_and_cached_results(tiny_corpus, tmp_path):
+    import cv2
+
+    manifest, _ = tiny_corpus
+    invoke("probe", "--manifest", manifest, "--out", tmp_path / "c", "--quiet")
+    out = tmp_path / "pics" / "vid-6.png"
+    result = invoke("inspect", "vid-6", "--manifest", manifest, "--cache", tmp_path / "c",
+                    "--out", out, "--frames", 4)
+    assert result.exit_code == 0, result.output
+    image = cv2.imread(str(out))
+    plain = tmp_path / "plain.png"
+    assert invoke("inspect", "vid-6", "--manifest", manifest, "--out", plain, "--frames", 4).exit_code == 0
+    without_cache = cv2.imread(str(plain))
+    # 4 frames of 24x32 scaled to height 128 side by side; the probe adds a plot below
+    assert image.shape[1] == without_cache.shape[1] == 4 * round(32 * 128 / 24)
+    assert image.shape[0] == without_cache.shape[0] + 70
+    unknown = invoke("inspect", "nope", "--manifest", manifest, "--out", out)
+    assert unknown.exit_code == 2 and "nope is not in" in unknown.output

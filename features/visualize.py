@@ -1,0 +1,81 @@
+"""Pictures a person can judge at a glance: frame strips with per-stage overlays, as PNG.
+
+Drawn with OpenCV only. Each later stage adds a row or an overlay (keypoints, heatmaps, flow).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cslr_pipe.features.files import atomic_write_bytes
+from cslr_pipe.features.video import iter_frames
+
+TEXT = (20, 20, 20)
+BACKGROUND = (255, 255, 255)
+
+
+def pick_frames(num_frames: int, count: int) -> np.ndarray:
+    """``count`` frame indices spread evenly over a video, first and last included."""
+    return np.unique(np.linspace(0, num_frames - 1, min(count, num_frames)).round().astype(int))
+
+
+def read_frames_at(video: str | Path, indices: np.ndarray, height: int) -> list[np.ndarray]:
+    """The frames at ``indices`` (sorted), scaled to ``height`` pixels, streaming the video once."""
+    wanted, out, start = set(int(i) for i in indices), [], 0
+    for chunk in iter_frames(video, chunk_size=32):
+        for offset, frame in enumerate(chunk):
+            if start + offset in wanted:
+                width = round(frame.shape[1] * height / frame.shape[0])
+                out.append(cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA))
+        start += len(chunk)
+        if len(out) == len(wanted):
+            break
+    return out
+
+
+def label(image: np.ndarray, text: str) -> np.ndarray:
+    """``image`` with a white band on top that holds ``text``."""
+    band = np.full((18, image.shape[1], 3), BACKGROUND, np.uint8)
+    cv2.putText(band, text, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, TEXT, 1, cv2.LINE_AA)
+    return np.concatenate([band, image])
+
+
+def line_plot(values: np.ndarray, width: int, height: int, title: str,
+              marks: np.ndarray | None = None) -> np.ndarray:
+    """A small plot of one or more series [T, C] (one colour each), with vertical marks."""
+    values = np.asarray(values, np.float64).reshape(len(values), -1)
+    image = np.full((height, width, 3), BACKGROUND, np.uint8)
+    low, high = float(values.min()), float(values.max())
+    span = high - low or 1.0
+    xs = np.linspace(4, width - 5, len(values)) if len(values) > 1 else np.array([width / 2])
+    for index in marks if marks is not None else []:
+        x = int(round(xs[index]))
+        cv2.line(image, (x, 0), (x, height - 1), (200, 200, 200), 1)
+    colours = [(220, 60, 50), (60, 160, 60), (50, 90, 220)] + [(90, 90, 90)] * max(0, values.shape[1] - 3)
+    for column, colour in zip(values.T, colours):
+        ys = (height - 6) - (column - low) / span * (height - 18)
+        points = np.stack([xs, ys], axis=1).round().astype(np.int32)
+        cv2.polylines(image, [points], False, colour, 1, cv2.LINE_AA)
+    cv2.putText(image, f"{title}  [{low:.1f}, {high:.1f}]", (4, 11), cv2.FONT_HERSHEY_SIMPLEX,
+                0.35, TEXT, 1, cv2.LINE_AA)
+    return image
+
+
+def stack_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """Rows of possibly different widths, left-aligned on a white canvas."""
+    width = max(row.shape[1] for row in rows)
+    padded = [np.concatenate([row, np.full((row.shape[0], width - row.shape[1], 3), BACKGROUND,
+                                           np.uint8)], axis=1) for row in rows]
+    return np.concatenate(padded)
+
+
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    """Write an RGB image as PNG (atomically)."""
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError(f"could not encode {path} as PNG")
+    atomic_write_bytes(Path(path), encoded.tobytes())
+    return Path(path)

@@ -1,0 +1,40 @@
+"""`cslr-pipe inspect`: one picture per video of what the cache holds for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cslr_pipe.features.store import Cache
+from cslr_pipe.features.video import probe_video
+from cslr_pipe.features.visualize import (label, line_plot, pick_frames, read_frames_at,
+                                          save_png, stack_rows)
+from cslr_pipe.pipeline.manifest import ManifestRow
+
+FRAME_HEIGHT = 128
+
+
+def inspect_picture(row: ManifestRow, video: Path, cache: Cache | None, num_frames: int = 8) -> np.ndarray:
+    """A strip of frames of the video, with a panel for each cached result that can be drawn."""
+    total = probe_video(video).num_frames
+    data = cache.read(row.id) if cache is not None and row.id in cache else {}
+    if "frame_mean" in data:
+        total = len(data["frame_mean"])  # decoded count; a container's claim may differ
+    indices = pick_frames(total, num_frames)
+    frames = read_frames_at(video, indices, FRAME_HEIGHT)
+    indices = indices[:len(frames)]
+    strip = np.concatenate([label(frame, f"frame {index}") for frame, index in zip(frames, indices)], axis=1)
+    title = label(np.zeros((0, strip.shape[1], 3), np.uint8),
+                  f"{row.id} ({row.split}): {' '.join(row.glosses) or '(no glosses)'}")
+    rows = [title, strip]
+    if "frame_mean" in data:
+        rows.append(line_plot(data["frame_mean"], strip.shape[1], 70,
+                              "probe: mean R, G, B per frame", marks=indices))
+    return stack_rows(rows)
+
+
+def inspect_video(row: ManifestRow, video: Path, cache: Cache | None, out: Path,
+                  num_frames: int = 8) -> Path:
+    """Draw :func:`inspect_picture` and save it as PNG at ``out``."""
+    return save_png(inspect_picture(row, video, cache, num_frames), out)
