@@ -121,3 +121,10 @@ def test_inspect_draws_frames_and_cached_results(tiny_corpus, tmp_path):
     assert image.shape[0] == without_cache.shape[0] + 70
     unknown = invoke("inspect", "nope", "--manifest", manifest, "--out", out)
     assert unknown.exit_code == 2 and "nope is not in" in unknown.output
+
+
+def test_bundled_example_manifest_is_valid():
+    from pathlib import Path
+
+    rows = read_manifest(Path(__file__).parents[1] / "data_manifests" / "example.jsonl")
+    assert [row.split for row in rows] == ["train", "test", "train"] and rows[2].glosses == ()
