@@ -238,26 +238,52 @@ class ShardWriter:
             attrs[key] = json.dumps(value, sort_keys=True) if key == "config" else value
         attrs["shard"] = shard
 
-    def write(self, video_id: str, arrays: dict[str, np.ndarray],
+    def write(self, video_id: str, arrays: dict[str, np.ndarray | Iterable[np.ndarray]],
               attrs: dict[str, dict] | None = None, group_attrs: dict | None = None) -> None:
         """Store one video's results: datasets named by the keys of ``arrays``.
 
-        ``attrs[name]`` are that dataset's attributes (e.g. an ``encoding`` from
-        :func:`quantize_linear`); ``group_attrs`` describe the video (frame size, fps ...).
+        A value is an array, or an iterable of chunks along time (all but the first axis equal)
+        that is streamed to disk so the whole never has to be in memory. ``attrs[name]`` are that
+        dataset's attributes (e.g. an ``encoding`` from :func:`quantize_linear`); ``group_attrs``
+        describe the video (frame size, fps ...). If anything fails, nothing of the video stays.
         """
         if video_id in self._file:
             raise ValueError(f"{video_id} written twice to {self.final.name}")
         group = self._file.create_group(video_id)
-        for name, array in arrays.items():
-            array = np.asarray(array)
-            chunks = _time_chunks(array.shape, array.dtype.itemsize)
-            options = self.filters if chunks else {}
-            dataset = group.create_dataset(name, data=array, chunks=chunks, **options)
-            for key, value in (attrs or {}).get(name, {}).items():
-                dataset.attrs[key] = value
-        for key, value in (group_attrs or {}).items():
-            group.attrs[key] = value
+        try:
+            for name, value in arrays.items():
+                if isinstance(value, np.ndarray) or not isinstance(value, Iterable):
+                    dataset = self._create(group, name, np.asarray(value))
+                else:
+                    dataset = self._stream(group, name, value)
+                for key, item in (attrs or {}).get(name, {}).items():
+                    dataset.attrs[key] = item
+            for key, item in (group_attrs or {}).items():
+                group.attrs[key] = item
+        except BaseException:
+            del self._file[video_id]
+            raise
         self.record.ids.append(video_id)
+
+    def _create(self, group: h5py.Group, name: str, array: np.ndarray) -> h5py.Dataset:
+        chunks = _time_chunks(array.shape, array.dtype.itemsize)
+        return group.create_dataset(name, data=array, chunks=chunks, **(self.filters if chunks else {}))
+
+    def _stream(self, group: h5py.Group, name: str, chunks: Iterable[np.ndarray]) -> h5py.Dataset:
+        dataset = None
+        for chunk in chunks:
+            chunk = np.asarray(chunk)
+            if dataset is None:
+                layout = _time_chunks((max(len(chunk), 1), *chunk.shape[1:]), chunk.dtype.itemsize)
+                dataset = group.create_dataset(name, shape=(0, *chunk.shape[1:]), dtype=chunk.dtype,
+                                               maxshape=(None, *chunk.shape[1:]), chunks=layout,
+                                               **self.filters)
+            start = dataset.shape[0]
+            dataset.resize(start + len(chunk), axis=0)
+            dataset[start:] = chunk
+        if dataset is None:
+            raise ValueError(f"{name}: no data to write")
+        return dataset
 
     def copy_from(self, source: h5py.File, video_id: str) -> None:
         """Reuse a video's results from an earlier committed shard as they are."""

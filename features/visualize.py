@@ -79,3 +79,39 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
         raise RuntimeError(f"could not encode {path} as PNG")
     atomic_write_bytes(Path(path), encoded.tobytes())
     return Path(path)
+
+
+# colours by part: body, feet, face, left hand, right hand (RGB)
+PART_COLOURS = ((80, 80, 240), (80, 80, 240), (240, 240, 240), (60, 200, 90), (250, 140, 40))
+
+
+def _part_of(index: int) -> int:
+    return 0 if index < 17 else 1 if index < 23 else 2 if index < 91 else 3 if index < 112 else 4
+
+
+def draw_skeleton(frame: np.ndarray, keypoints: np.ndarray, scale: float,
+                  edges: tuple[tuple[int, int], ...], threshold: float = 0.0) -> np.ndarray:
+    """A copy of ``frame`` with the points whose score > threshold and the edges between them.
+
+    ``keypoints`` [K, 3] are (x, y, score) in source pixels; ``scale`` maps them onto ``frame``.
+    """
+    image = frame.copy()
+    seen = keypoints[:, 2] > threshold
+    xy = np.round(keypoints[:, :2] * scale).astype(int)
+    for a, b in edges:
+        if seen[a] and seen[b]:
+            cv2.line(image, tuple(xy[a]), tuple(xy[b]), PART_COLOURS[_part_of(b)], 1, cv2.LINE_AA)
+    for index in np.flatnonzero(seen):
+        radius = 1 if 23 <= index < 91 else 2
+        cv2.circle(image, tuple(xy[index]), radius, PART_COLOURS[_part_of(index)], -1, cv2.LINE_AA)
+    return image
+
+
+def overlay_heatmap(frame: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
+    """``frame`` darkened, with the per-pixel maximum of ``heatmaps`` [K, h, w] in a colour map."""
+    heat = heatmaps.max(axis=0) if len(heatmaps) else np.zeros(heatmaps.shape[1:], np.float32)
+    heat = cv2.resize(heat.astype(np.float32), (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
+    coloured = cv2.cvtColor(cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET),
+                            cv2.COLOR_BGR2RGB)
+    alpha = np.clip(heat, 0, 1)[..., None] * 0.8
+    return np.uint8((frame * 0.45) * (1 - alpha) + coloured * alpha)

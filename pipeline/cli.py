@@ -166,6 +166,80 @@ def probe(**common) -> None:
     run_stage_command("probe", {}, **common)
 
 
+def parse_options(pairs: tuple[str, ...]) -> dict:
+    """KEY=VALUE pairs into a dict; values are read as YAML scalars (1, 0.5, true, text)."""
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail_usage(f"expected KEY=VALUE, got {pair!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                             show_default=True, help="Where models run; auto = CUDA when present.")
+
+
+@main.command("extract-keypoints")
+@stage_options
+@click.option("--backend", default="mediapipe", show_default=True,
+              help="Pose backend: mediapipe (offline default, no weights), hrnet (HRNet-w48 "
+                   "COCO-WholeBody, needs its mmpose checkpoint), mmpose (needs mmpose installed).")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Weights file of the backend [default: its usual name in the torch hub cache].")
+@click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE",
+              help="Backend option, repeatable (e.g. flip_test=false for hrnet).")
+@click.option("--export-pose", "export_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Also write pose-format .pose files (one per video) into this folder.")
+@device_option
+@handle_errors
+def extract_keypoints(backend: str, weights: Path | None, backend_options: tuple[str, ...],
+                      export_dir: Path | None, device: str, **common) -> None:
+    """Whole-body keypoints [T, 133, 3] (x, y, score in source pixels) per video (stage `keypoints`)."""
+    config = {"backend": backend, "weights": str(weights) if weights else None,
+              "options": parse_options(backend_options)}
+    try:
+        run_stage_command("keypoints", config, device=device, **common)
+    finally:
+        if export_dir is not None and (common["out"] / "keypoints").is_dir():
+            written = export_pose_files(open_cache(common["out"]), export_dir)
+            click.echo(f"pose-format: {written} .pose files in {export_dir}")
+
+
+def export_pose_files(cache, folder: Path) -> int:
+    """Write ``<id>.pose`` for every video with keypoints; returns how many were written."""
+    from cslr_pipe.features.files import inside
+    from cslr_pipe.features.pose.pose_format import write_pose_file
+
+    ids = cache.ids("keypoints")
+    for video_id in ids:
+        attrs = cache.attrs(video_id, "keypoints")
+        write_pose_file(inside(folder, f"{video_id}.pose"), cache.read(video_id, ["keypoints"])["keypoints"],
+                        fps=float(attrs.get("fps") or 25.0), width=int(attrs["width"]), height=int(attrs["height"]))
+    return len(ids)
+
+
+@main.command("render-heatmaps")
+@stage_options
+@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+              help="Gaussian standard deviation in heatmap pixels.")
+@click.option("--size", type=(int, int), default=(112, 112), show_default=True, metavar="H W",
+              help="Heatmap height and width.")
+@click.option("--points", type=click.Choice(["twostream", "wholebody"]), default="twostream",
+              show_default=True, help="Channel order of the 79 points (see docs/formats.md).")
+@handle_errors
+def render_heatmaps(sigma: float, size: tuple[int, int], points: str, **common) -> None:
+    """Materialise 79-channel Gaussian heatmaps from the keypoints (stage `heatmaps`, uint8).
+
+    Only needed to inspect them or to train without rendering: trainers render heatmaps on the
+    fly from the keypoints, which takes ~1000x less disk.
+    """
+    run_stage_command("heatmaps", {"sigma": sigma, "size": list(size), "points": points}, **common)
+
+
 @main.command()
 @click.argument("workflow_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cslr_pipe.features.heatmaps import render_heatmaps
+from cslr_pipe.features.pose.wholebody import SKELETON
 from cslr_pipe.features.store import Cache
 from cslr_pipe.features.video import probe_video
-from cslr_pipe.features.visualize import (label, line_plot, pick_frames, read_frames_at,
-                                          save_png, stack_rows)
+from cslr_pipe.features.visualize import (draw_skeleton, label, line_plot, overlay_heatmap,
+                                          pick_frames, read_frames_at, save_png, stack_rows)
 from cslr_pipe.pipeline.manifest import ManifestRow
 
 FRAME_HEIGHT = 128
@@ -28,10 +30,26 @@ def inspect_picture(row: ManifestRow, video: Path, cache: Cache | None, num_fram
     title = label(np.zeros((0, strip.shape[1], 3), np.uint8),
                   f"{row.id} ({row.split}): {' '.join(row.glosses) or '(no glosses)'}")
     rows = [title, strip]
+    if "keypoints" in data:
+        rows += keypoint_rows(data["keypoints"], indices, frames, cache.attrs(row.id, "keypoints"))
     if "frame_mean" in data:
         rows.append(line_plot(data["frame_mean"], strip.shape[1], 70,
                               "probe: mean R, G, B per frame", marks=indices))
     return stack_rows(rows)
+
+
+def keypoint_rows(keypoints: np.ndarray, indices: np.ndarray, frames: list[np.ndarray],
+                  attrs: dict) -> list[np.ndarray]:
+    """The skeleton over each frame, and the 79 heatmaps (max over channels) over each frame."""
+    scale = FRAME_HEIGHT / float(attrs["height"])
+    picked = keypoints[indices]
+    skeletons = [draw_skeleton(frame, points, scale, SKELETON) for frame, points in zip(frames, picked)]
+    heatmaps = render_heatmaps(picked, (int(attrs["height"]), int(attrs["width"])), points="twostream")
+    overlays = [overlay_heatmap(frame, maps) for frame, maps in zip(frames, heatmaps)]
+    found = (picked[:, :, 2] > 0).mean(axis=1)
+    return [np.concatenate([label(image, f"keypoints {share:.0%} found")
+                            for image, share in zip(skeletons, found)], axis=1),
+            np.concatenate([label(image, "79 heatmaps") for image in overlays], axis=1)]
 
 
 def inspect_video(row: ManifestRow, video: Path, cache: Cache | None, out: Path,

@@ -108,14 +108,14 @@ def run_shard(stage: Stage, config: dict, rows: list[ManifestRow], shard: int,
                     result.reused += 1
                     continue
                 path = video_path(row, options.root)
-                try:
+                try:  # outputs may stream from the video while they are written
                     output = process(VideoItem(row, path, cache, stage.requires))
+                    writer.write(row.id, output.arrays, output.attrs, output.group_attrs)
                 except VideoError as error:
                     reason = str(error)
                 except Exception as error:  # a per-video failure must not stop the shard
                     reason = f"{path}: {type(error).__name__}: {error}"
                 else:
-                    writer.write(row.id, output.arrays, output.attrs, output.group_attrs)
                     result.computed += 1
                     continue
                 writer.fail(row.id, reason)
@@ -129,6 +129,8 @@ def run_shard(stage: Stage, config: dict, rows: list[ManifestRow], shard: int,
             old.close()
         if cache is not None:
             cache.close()
+        if hasattr(process, "close"):
+            process.close()
     return result
 
 

@@ -15,8 +15,11 @@ from typing import Callable
 
 import numpy as np
 
-from cslr_pipe.features.store import Cache, Provenance, sha256_file
+from cslr_pipe.features.heatmaps import iter_heatmaps
+from cslr_pipe.features.pose import build_pose_backend, pose_backend_factory
+from cslr_pipe.features.store import Cache, Provenance, quantize_linear, sha256_file
 from cslr_pipe.features.video import VideoError, iter_frames, probe_video
+from cslr_pipe.features.weights import resolve_device
 from cslr_pipe.pipeline.manifest import ManifestRow
 
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
@@ -64,6 +67,7 @@ class Stage:
     defaults: dict  # every config key with its default; unknown keys are refused
     requires: tuple[str, ...] = ()
     description: str = ""
+    complete: Callable[[dict], dict] | None = None  # fills in what a config leaves implicit
 
     def resolve_config(self, config: dict | None) -> dict:
         """Defaults overlaid with ``config``; a key the stage does not know is an error."""
@@ -72,7 +76,8 @@ class Stage:
         if unknown:
             raise ValueError(f"stage {self.name!r} has no option(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(self.defaults)) or 'none'}")
-        return {**self.defaults, **config}
+        config = {**self.defaults, **config}
+        return self.complete(config) if self.complete else config
 
     def provenance(self, config: dict) -> Provenance:
         """What the results depend on: the weights file enters by its sha256, not its path."""
@@ -129,4 +134,74 @@ register_stage(Stage(
     build=_build_probe,
     defaults={},
     description="Decode every frame; store frame count, size, fps and the mean colour per frame.",
+))
+
+
+# ---------------------------------------------------------------------------------------------
+# keypoints: whole-body pose per frame, COCO-WholeBody [T, 133, 3] (x, y, score) in source pixels.
+
+
+def _locate_pose_weights(config: dict) -> dict:
+    """Name the weights file the backend will use, so that its sha256 enters the provenance."""
+    weights = pose_backend_factory(config["backend"]).locate_weights(
+        Path(config["weights"]) if config["weights"] else None)
+    return {**config, "weights": str(weights) if weights else None}
+
+
+class _KeypointExtractor:
+    """One pose backend for a whole shard; a fresh tracking state per video."""
+
+    def __init__(self, config: dict, device: str):
+        self.chunk_size = 32
+        self.backend = build_pose_backend(config["backend"], config["weights"], resolve_device(device),
+                                          **config["options"])
+
+    def __call__(self, item: VideoItem) -> StageOutput:
+        self.backend.begin_video()
+        info = probe_video(item.path)
+        chunks = [self.backend(frames) for frames in iter_frames(item.path, self.chunk_size)]
+        keypoints = np.concatenate(chunks).astype(np.float32)
+        return StageOutput({"keypoints": keypoints},
+                           group_attrs={"height": info.height, "width": info.width,
+                                        "fps": float(info.fps or item.row.fps or 0.0),
+                                        "num_frames": len(keypoints)})
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+register_stage(Stage(
+    name="keypoints",
+    build=_KeypointExtractor,
+    defaults={"backend": "mediapipe", "weights": None, "options": {}},
+    complete=_locate_pose_weights,
+    description="Whole-body keypoints [T, 133, 3] (x, y, score) in source pixels, COCO-WholeBody order.",
+))
+
+
+# ---------------------------------------------------------------------------------------------
+# heatmaps: Gaussian heatmaps of the 79 points rendered from the keypoints and stored as uint8.
+
+
+def _build_heatmaps(config: dict, device: str) -> Processor:
+    def render(item: VideoItem) -> StageOutput:
+        keypoints = item.inputs()["keypoints"]
+        attrs = item.cache.attrs(item.row.id, "keypoints")
+        frame_size = (int(attrs["height"]), int(attrs["width"]))
+        chunks = iter_heatmaps(keypoints, frame_size, out_size=tuple(config["size"]),
+                               sigma=config["sigma"], threshold=config["threshold"],
+                               points=config["points"], chunk_size=16)
+        codes = (quantize_linear(chunk, 0.0, 1.0)[0] for chunk in chunks)
+        _, encoding = quantize_linear(np.zeros(1), 0.0, 1.0)
+        return StageOutput({"heatmaps": codes}, attrs={"heatmaps": encoding},
+                           group_attrs={"points": config["points"]})
+    return render
+
+
+register_stage(Stage(
+    name="heatmaps",
+    build=_build_heatmaps,
+    defaults={"sigma": 4.0, "size": [112, 112], "points": "twostream", "threshold": 0.0},
+    requires=("keypoints",),
+    description="Gaussian heatmaps [T, 79, h, w] of the keypoints, stored as uint8 (error <= 1/510).",
 ))

