@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -157,6 +158,8 @@ def write_index(stage_dir: str | Path) -> dict:
 
 Decoder = Callable[[np.ndarray, dict], np.ndarray]
 DECODERS: dict[str, Decoder] = {}
+# Encodings whose decoder registers itself when its module is imported; decode imports it on demand.
+DECODER_MODULES: dict[str, str] = {"flow-rgb": "cslr_pipe.features.flow"}
 
 
 def register_decoder(name: str, decoder: Decoder) -> None:
@@ -186,6 +189,8 @@ def decode(dataset: h5py.Dataset) -> np.ndarray:
     encoding = dataset.attrs.get("encoding", "raw")
     if encoding == "raw":
         return values.astype(np.float32) if values.dtype == np.float16 else values
+    if encoding not in DECODERS and encoding in DECODER_MODULES:
+        importlib.import_module(DECODER_MODULES[encoding])
     if encoding not in DECODERS:
         raise ValueError(f"{dataset.file.filename}:{dataset.name}: unknown encoding {encoding!r}")
     return DECODERS[encoding](values, dict(dataset.attrs))
