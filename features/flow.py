@@ -34,7 +34,7 @@ Storage (``encode_flow(flow, storage, bound)``; every encoding is read back by
   [-bound * 128/127, bound] with step ``bound / 127`` so that zero motion is exactly code 128 and
   decodes to exactly 0 (the common ``(f + bound) * 255 / (2 bound)`` mapping puts zero between
   two codes, and every still background pixel would read back as +0.08 px). Error <= step / 2 =
-  ``bound / 254`` (0.079 px) inside +-bound.
+  ``bound / 254`` per component inside +-bound (0.079 px; end-point error <= 0.111 px).
 - ``float16``: raw half floats (error <= 2**-11 relative, e.g. 0.008 px at 20 px).
 - ``rgb``: colour-wheel images [n, H, W, 3] uint8 that look like torchvision's
   ``flow_to_image`` (Middlebury wheel, saturation = norm / max norm; SignVTCL stores flow as
@@ -46,26 +46,29 @@ Storage (``encode_flow(flow, storage, bound)``; every encoding is read back by
   less on average. Per-frame normalisation means the same pixel speed has different colours
   in different frames.
 
-Why ``uint8`` is the default: it is what two-stream action and sign recognition train on (TSN,
-I3D, TwoStream-SLR's flow branch all read clipped, linearly quantised x/y images), its error
-(0.08 px) is far below RAFT's or DIS's own (0.5-2 px on real video), the scale is the same for
-every frame and video (a network sees absolute speeds; ``rgb`` rescales every frame), and it is
-the most compact after the store's gzip + shuffle filter. Sizes per frame measured with
-``bench/flow.py --sizes`` (DIS medium flow of the synthetic signer, 48 fields, written with
-``ShardWriter`` gzip level 4 + shuffle; raw = uncompressed bytes of the stored array):
+Why ``uint8`` is the default: it is what two-stream action recognition trains on (TSN's and
+I3D's flow streams read x/y clipped to +-20 px and quantised or rescaled linearly), its error
+(0.08 px) is far below the flow methods' own (RAFT trained on C+T: 1.4-2.7 px EPE on Sintel),
+the scale is the same for every frame and video (a network sees absolute speeds; ``rgb``
+rescales every frame), and it is the most compact after the store's gzip + shuffle filter. Stored KiB per field measured with
+``bench/flow.py`` (DIS-medium flow, 48 fields, written by ``ShardWriter`` with gzip level 4 +
+shuffle; "signer": the synthetic signer, still background, hands up to 41 px per frame at 224;
+"photo": grace_hopper.jpg under a random camera walk with noise, motion everywhere):
 
-    ============  ============  ============  ============  ============
-    storage        112 raw       112 gzip      224 raw       224 gzip
-    ============  ============  ============  ============  ============
-    float32       98.0 KiB      see bench      392 KiB       see bench
-    float16       49.0 KiB      11.9 KiB       196 KiB       41.9 KiB
-    uint8         24.5 KiB       3.1 KiB       98.0 KiB       10.0 KiB
-    rgb           36.8 KiB       4.7 KiB       147 KiB        14.6 KiB
-    ============  ============  ============  ============  ============
+    =========  ========  ==============  ==============  ==============  ==============
+    storage    raw 224   signer 112      signer 224      photo 112       photo 224
+    =========  ========  ==============  ==============  ==============  ==============
+    float32    392       67.4            266             62.2            245
+    float16    196       27.3            88.5            24.3            93.7
+    uint8       98        1.6             5.7             1.6             5.8
+    rgb        147        6.5            14.7            12.8            47.1
+    =========  ========  ==============  ==============  ==============  ==============
 
-(exact numbers: docs/benchmarks.md, "Optical flow"). float16 keeps the noise of the low bits
-that no model needs and compresses 4x worse; ``rgb`` has three correlated channels for two
-values and a per-frame scale.
+float16 keeps noise in its low bits that no model needs and compresses 15x worse than uint8;
+``rgb`` spends three correlated channels on two values and its per-frame scale gives small
+motions finer (less compressible) codes. Where motions are mostly sub-pixel (mouth, face), a
+smaller ``bound`` (e.g. 10 px: 0.04 px error) keeps uint8's advantage; motions beyond the bound
+are clipped (0.1% of the signer's components at 224x224).
 
 Streaming: :func:`iter_flow` turns the chunks of :func:`cslr_pipe.features.video.iter_frames`
 into flow chunks, carrying the last frame of each chunk into the next, so memory is bounded by
@@ -227,6 +230,21 @@ def raft_padding(height: int, width: int, multiple: int = 8, min_size: int = 128
     return (*side(height), *side(width))
 
 
+def _correlation_in_fp32(corr_block, device_type: str) -> None:
+    """Build RAFT's correlation pyramid in float32 under autocast, as the original RAFT does in
+    mixed precision (its dot products over 256 channels could overflow float16); the encoders and
+    the update block still run in half precision, and grid sampling then reads float32."""
+    import torch
+
+    build = corr_block.build_pyramid
+
+    def build_pyramid(fmap1, fmap2):
+        with torch.autocast(device_type, enabled=False):
+            return build(fmap1.float(), fmap2.float())
+
+    corr_block.build_pyramid = build_pyramid
+
+
 class RAFTFlow(FlowBackend):
     """torchvision's RAFT from a local weights file; batched, inference mode, autocast on CUDA."""
 
@@ -264,6 +282,8 @@ class RAFTFlow(FlowBackend):
             precision = "fp16" if self.device.type == "cuda" else "fp32"
         self.precision = precision
         self._autocast_dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        if self._autocast_dtype is not None:
+            _correlation_in_fp32(self.model.corr_block, self.device.type)
 
     @classmethod
     def locate_weights(cls, weights: Path | None) -> Path:
@@ -369,17 +389,17 @@ def iter_flow(backend: FlowBackend | Callable[[np.ndarray, np.ndarray], np.ndarr
               frame_chunks: Iterable[np.ndarray], batch: int = 64) -> Iterator[np.ndarray]:
     """Flow between consecutive frames of a video given as chunks [n_i, H, W, 3] (as
     ``iter_frames`` yields them): yields [m, 2, H, W] chunks, ``batch`` pairs each (the last may
-    be shorter), T - 1 fields in all. At most ``batch`` + 1 frames are held at any time besides
-    the chunk being read, however long the video."""
+    be shorter), T - 1 fields in all (none for a one-frame video). Memory: the chunk being read plus
+    at most ``batch`` frames carried over, however long the video. Empty chunks are skipped."""
     if batch < 1:
         raise ValueError("batch must be >= 1")
     pending: np.ndarray | None = None  # frames not yet used as the first of a pair, plus one
     for chunk in frame_chunks:
         chunk = np.asarray(chunk)
-        if chunk.ndim != 4 or len(chunk) == 0:
-            if chunk.ndim == 4:
-                continue
+        if chunk.ndim != 4:
             raise ValueError(f"expected frame chunks [n, H, W, 3], got shape {chunk.shape}")
+        if len(chunk) == 0:
+            continue
         if pending is not None and pending.shape[1:] != chunk.shape[1:]:
             raise ValueError(f"frame chunk of shape {chunk.shape[1:]} after frames of {pending.shape[1:]}")
         pending = chunk if pending is None else np.concatenate([pending, chunk])

@@ -222,6 +222,31 @@ def export_pose_files(cache, folder: Path) -> int:
     return len(ids)
 
 
+@main.command("extract-flow")
+@stage_options
+@click.option("--backend", default="dis", show_default=True,
+              help="Flow backend: dis (OpenCV DIS, offline default), farneback, raft-small, "
+                   "raft-large (torchvision RAFT; needs its weights file).")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Weights file of the backend [default: its usual name in the torch hub cache].")
+@click.option("--size", type=(int, int), default=(224, 224), show_default=True, metavar="H W",
+              help="Frames are resized to this before flow is computed.")
+@click.option("--storage", type=click.Choice(["uint8", "float16", "rgb"]), default="uint8",
+              show_default=True, help="How flow is stored (docs/formats.md); read back in pixels.")
+@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Flow is clipped to +-bound pixels for uint8 and rgb storage.")
+@click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE",
+              help="Backend option, repeatable (e.g. num_updates=6 for RAFT, preset=fast for DIS).")
+@device_option
+@handle_errors
+def extract_flow(backend: str, weights: Path | None, size: tuple[int, int], storage: str, bound: float,
+                 backend_options: tuple[str, ...], device: str, **common) -> None:
+    """Optical flow between consecutive frames, T-1 fields per video (stage `flow`)."""
+    config = {"backend": backend, "weights": str(weights) if weights else None, "size": list(size),
+              "storage": storage, "bound": bound, "options": parse_options(backend_options)}
+    run_stage_command("flow", config, device=device, **common)
+
+
 @main.command("render-heatmaps")
 @stage_options
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,

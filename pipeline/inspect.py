@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from cslr_pipe.features.flow import flow_to_color
 from cslr_pipe.features.heatmaps import render_heatmaps
 from cslr_pipe.features.pose.wholebody import SKELETON
 from cslr_pipe.features.store import Cache
@@ -32,6 +34,8 @@ def inspect_picture(row: ManifestRow, video: Path, cache: Cache | None, num_fram
     rows = [title, strip]
     if "keypoints" in data:
         rows += keypoint_rows(data["keypoints"], indices, frames, cache.attrs(row.id, "keypoints"))
+    if "flow" in data:
+        rows.append(flow_row(data["flow"], indices, frames))
     if "frame_mean" in data:
         rows.append(line_plot(data["frame_mean"], strip.shape[1], 70,
                               "probe: mean R, G, B per frame", marks=indices))
@@ -50,6 +54,20 @@ def keypoint_rows(keypoints: np.ndarray, indices: np.ndarray, frames: list[np.nd
     return [np.concatenate([label(image, f"keypoints {share:.0%} found")
                             for image, share in zip(skeletons, found)], axis=1),
             np.concatenate([label(image, "79 heatmaps") for image in overlays], axis=1)]
+
+
+def flow_row(flow: np.ndarray, indices: np.ndarray, frames: list[np.ndarray]) -> np.ndarray:
+    """The flow from each picked frame to the next, as colour-wheel images under the frames.
+
+    Each tile is scaled to its own largest speed, but to at least 2 px, so a still moment looks
+    still instead of showing its sub-pixel noise at full saturation.
+    """
+    fields = flow[np.minimum(indices, len(flow) - 1)]  # the last frame shows the last field
+    peaks = np.linalg.norm(fields, axis=1).reshape(len(fields), -1).max(axis=1)
+    colours = [flow_to_color(field, max_norm=max(2.0, float(peak))) for field, peak in zip(fields, peaks)]
+    tiles = [label(cv2.resize(colour, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST),
+                   f"flow, max {peak:.1f} px") for colour, frame, peak in zip(colours, frames, peaks)]
+    return np.concatenate(tiles, axis=1)
 
 
 def inspect_video(row: ManifestRow, video: Path, cache: Cache | None, out: Path,

@@ -15,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 
+from cslr_pipe.features.flow import (DEFAULT_BOUND, DEFAULT_STORAGE, build_flow_backend,
+                                    flow_backend_factory, iter_encode_flow, iter_flow)
 from cslr_pipe.features.heatmaps import iter_heatmaps
 from cslr_pipe.features.pose import build_pose_backend, pose_backend_factory
 from cslr_pipe.features.store import Cache, Provenance, quantize_linear, sha256_file
@@ -204,4 +206,48 @@ register_stage(Stage(
     defaults={"sigma": 4.0, "size": [112, 112], "points": "twostream", "threshold": 0.0},
     requires=("keypoints",),
     description="Gaussian heatmaps [T, 79, h, w] of the keypoints, stored as uint8 (error <= 1/510).",
+))
+
+
+# ---------------------------------------------------------------------------------------------
+# flow: optical flow between consecutive frames [T-1, 2, h, w] at a fixed size, stored compactly.
+
+
+def _locate_flow_weights(config: dict) -> dict:
+    weights = flow_backend_factory(config["backend"]).locate_weights(
+        Path(config["weights"]) if config["weights"] else None)
+    return {**config, "weights": str(weights) if weights else None}
+
+
+class _FlowExtractor:
+    """One flow backend for a whole shard; frames stream through it in chunks."""
+
+    def __init__(self, config: dict, device: str):
+        self.config = config
+        self.backend = build_flow_backend(config["backend"], config["weights"], resolve_device(device),
+                                          **config["options"])
+
+    def __call__(self, item: VideoItem) -> StageOutput:
+        height, width = self.config["size"]
+        info = probe_video(item.path)
+        if info.num_frames < 2:
+            raise VideoError(item.path, "optical flow needs at least 2 frames")
+        frames = iter_frames(item.path, chunk_size=32, size=(height, width))
+        chunks, attrs = iter_encode_flow(iter_flow(self.backend, frames, batch=16),
+                                         self.config["storage"], self.config["bound"])
+        return StageOutput({"flow": chunks}, attrs={"flow": attrs},
+                           group_attrs={"height": height, "width": width,
+                                        "source_height": info.height, "source_width": info.width})
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+register_stage(Stage(
+    name="flow",
+    build=_FlowExtractor,
+    defaults={"backend": "dis", "weights": None, "size": [224, 224], "storage": DEFAULT_STORAGE,
+              "bound": DEFAULT_BOUND, "options": {}},
+    complete=_locate_flow_weights,
+    description="Optical flow [T-1, 2, h, w] in pixels of the resized frames, from frame t to t+1.",
 ))
