@@ -22,13 +22,16 @@ def invoke(*args):
 def test_flow_stage_stores_what_the_backend_computes(tiny_corpus, tmp_path):
     manifest, rows = tiny_corpus
     write_frame_folder(manifest.parent / "frames" / "single", 1)
+    (manifest.parent / "corrupt.mp4").write_bytes(b"not a video" * 50)
     with manifest.open("a") as handle:
         handle.write(json.dumps({"id": "single", "split": "dev", "video": "frames/single", "glosses": []}) + "\n")
+        handle.write(json.dumps({"id": "corrupt", "split": "dev", "video": "corrupt.mp4", "glosses": []}) + "\n")
     for storage in ("uint8", "float16"):
         result = invoke("extract-flow", "--manifest", manifest, "--out", tmp_path / storage, "--quiet",
                         "--size", 40, 48, "--storage", storage)
         assert result.exit_code == 1, result.output
         assert "failed: flow single: " in result.output and "at least 2 frames" in result.output
+        assert "failed: flow corrupt: " in result.output and "cannot open" in result.output
     uint8, half = open_cache(tmp_path / "uint8"), open_cache(tmp_path / "float16")
     assert uint8.ids("flow") == sorted(row["id"] for row in rows)
     backend = build_flow_backend("dis")
