@@ -13,7 +13,11 @@ directions of the 3:4 aspect fix are used), with flip test on and off, it compar
 
 - the model input (normalised crop) each side feeds its network;
 - the raw heatmaps (mmpose's ``output_heatmaps``; flip-averaged when flip test is on);
-- DARK decoding alone: mmpose's codec and ours on the very same heatmaps;
+- DARK decoding alone: mmpose's codec and ours on the very same heatmaps, next to mmpose's own
+  codec run in float32 and in float64 (the noise floor: on the flat heatmaps of a random model
+  DARK's Newton step is ill-conditioned and can move a point several heatmap pixels, so rounding
+  matters there; results are also given for the points whose step stays within one pixel, as with
+  a trained model's peaked heatmaps);
 - the backends' keypoints (x, y in frame pixels) and scores;
 - seconds per image.
 
@@ -133,7 +137,7 @@ def max_abs(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare(seed: int = 0) -> dict:
-    from cslr_pipe.features.pose.dark import decode_dark
+    from cslr_pipe.features.pose.dark import decode_dark, heatmap_maximum
     from cslr_pipe.features.pose.hrnet_backend import HRNetWholeBody
     from cslr_pipe.features.pose.mmpose_backend import MMPoseWholeBody, find_config, import_mmpose
 
@@ -155,12 +159,20 @@ def compare(seed: int = 0) -> dict:
                 start = time.perf_counter()
                 kp_theirs = theirs(rgb[None])
                 t_theirs = time.perf_counter() - start
-                # DARK alone, on mmpose's heatmaps
+                # DARK alone, on mmpose's heatmaps; and mmpose's own float32 vs float64 DARK, the
+                # noise floor where the Newton step is ill-conditioned (flat random-weight maps)
                 dark_ours, score_ours = decode_dark(b["heatmaps"])
                 dark_theirs, score_theirs = mmpose_decode(theirs, b["heatmaps"])
+                dark_theirs64, _ = mmpose_decode(theirs, b["heatmaps"].astype(np.float64))
+                argmax_xy, _ = heatmap_maximum(b["heatmaps"])
+                offset = np.abs(dark_theirs[0] - argmax_xy[0]).max(-1)  # DARK's step, heatmap px
+                positive = score_theirs[0] > 0
+                steady = positive & (offset <= 1)  # a step within one heatmap pixel
                 found = (kp_ours[..., 2] > 0) & (kp_theirs[..., 2] > 0)
                 same_found = bool(np.array_equal(kp_ours[..., 2] > 0, kp_theirs[..., 2] > 0))
-                xy_diff = np.abs(kp_ours[..., :2] - kp_theirs[..., :2]).max(-1)[found]
+                xy_all = np.abs(kp_ours[..., :2] - kp_theirs[..., :2]).max(-1)  # [1, 133]
+                xy_diff = xy_all[found]
+                xy_steady = xy_all[found & steady[None]]
                 hm_scale = float(np.abs(b["heatmaps"]).max())
                 case = {
                     "image": name, "flip_test": flip_test,
@@ -172,11 +184,17 @@ def compare(seed: int = 0) -> dict:
                     "dark_only_max_diff_heatmap_px": max_abs(dark_ours[0][score_theirs[0] > 0],
                                                              dark_theirs[0][score_theirs[0] > 0]),
                     "dark_only_score_max_diff": max_abs(score_ours[0], score_theirs[0]),
+                    "mmpose_dark_f32_vs_f64_max_diff_heatmap_px": max_abs(dark_theirs[0][positive],
+                                                                          dark_theirs64[0][positive]),
+                    "dark_steps_over_1_heatmap_px": int((positive & (offset > 1)).sum()),
+                    "dark_only_max_diff_heatmap_px_steps_le_1": max_abs(dark_ours[0][steady],
+                                                                        dark_theirs[0][steady]),
                     "points_found": [int((kp_ours[..., 2] > 0).sum()), int((kp_theirs[..., 2] > 0).sum())],
                     "same_points_found": same_found,
                     "keypoint_max_diff_px": float(xy_diff.max()) if xy_diff.size else 0.0,
                     "keypoint_median_diff_px": float(np.median(xy_diff)) if xy_diff.size else 0.0,
                     "keypoints_over_0.01px": int((xy_diff > 0.01).sum()),
+                    "keypoint_max_diff_px_steps_le_1": float(xy_steady.max()) if xy_steady.size else 0.0,
                     "score_max_diff": max_abs(kp_ours[..., 2], kp_theirs[..., 2]),
                     "mmpose_raw_vs_backend_px": max_abs(b["keypoints"][found], kp_theirs[..., :2][found]),
                     "seconds_hrnet": round(t_ours, 3), "seconds_mmpose": round(t_theirs, 3),

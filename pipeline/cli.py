@@ -247,6 +247,55 @@ def extract_flow(backend: str, weights: Path | None, size: tuple[int, int], stor
     run_stage_command("flow", config, device=device, **common)
 
 
+@main.command("cache-features")
+@stage_options
+@click.option("--stream", type=click.Choice(["rgb", "keypoint", "flow"]), required=True,
+              help="rgb: the frames; keypoint: 79 heatmaps rendered from the keypoints stage; "
+                   "flow: the flow stage.")
+@click.option("--backbone", default="resnet18", show_default=True,
+              help="resnet18, resnet34 (per frame, 512-d) or s3d (clips, 1024-d, rgb only).")
+@click.option("--weights", default=None,
+              help="Weights file (torchvision's published file, or a CSLR checkpoint); 'none' = "
+                   "random initialisation (recorded and warned about: fine for the demo, useless "
+                   "for research) [default: the published file in the torch hub cache].")
+@click.option("--backbone-option", "backbone_options", multiple=True, metavar="KEY=VALUE",
+              help="Backbone option, repeatable (e.g. resize=128, crop=112; window=64 for s3d).")
+@device_option
+@handle_errors
+def cache_features(stream: str, backbone: str, weights: str | None, backbone_options: tuple[str, ...],
+                   device: str, **common) -> None:
+    """Features [T', D] of a frozen backbone over one stream (stage `features.<stream>`)."""
+    config = {"backbone": backbone, "weights": weights, "options": parse_options(backbone_options)}
+    run_stage_command(f"features.{stream}", config, device=device, **common)
+
+
+@main.command("import-features")
+@click.option("--manifest", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Manifest of the videos.")
+@click.option("--from", "source", required=True, type=click.Path(exists=True, path_type=Path),
+              help="A folder of <id>.npy files [T, D], or a feature file written by SLRT's extractor "
+                   "(gzip pickle of dicts with 'name' and 'sign').")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Cache folder.")
+@click.option("--stream", required=True, help="Stream name; features go to stage features.<stream>.")
+@click.option("--shard-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Videos per shard (equal to the other stages of this cache).")
+@click.option("--force", is_flag=True, help="Overwrite shards made by another import.")
+@handle_errors
+def import_features_command(manifest: Path, source: Path, out: Path, stream: str, shard_size: int,
+                            force: bool) -> None:
+    """Bring your own features into the cache, so the trainers read them like computed ones."""
+    from cslr_pipe.pipeline.imports import import_features
+
+    rows, bad_rows = read_rows(manifest)
+    result = import_features(rows, source, out, stream, shard_size=shard_size, force=force)
+    for video_id, reason in result.failures.items():
+        click.echo(f"failed: features.{stream} {video_id}: {reason}", err=True)
+    click.echo(f"features.{stream}: {result.imported} imported, {len(result.failures)} failed, "
+               f"{len(result.unmatched)} in the source without a manifest row (not imported)")
+    if result.failures or bad_rows:
+        raise Failed(f"{len(result.failures) + len(bad_rows)} item(s) failed (listed above)")
+
+
 @main.command("render-heatmaps")
 @stage_options
 @click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
@@ -282,7 +331,7 @@ def render_heatmaps(sigma: float, size: tuple[int, int], points: str, **common) 
 def run(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path | None,
         scheduler: str | None, workers: int | None, force: bool, quiet: bool) -> None:
     """Run a workflow YAML (a DAG of stages) on dask: a local cluster, a scheduler, or Slurm."""
-    from cslr_pipe.pipeline.dag import load_workflow, run_workflow
+    from cslr_pipe.pipeline.dag import load_workflow, run_workflow, train_after_stages
 
     workflow = load_workflow(workflow_file)
     manifest = manifest or workflow.manifest
@@ -295,7 +344,12 @@ def run(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path
     options = RunOptions(out=Path(out).resolve(), root=(root or workflow.root or manifest.parent).resolve(),
                          shard_size=workflow.shard_size, compression=workflow.compression,
                          device=workflow.device, force=force, progress=False)
-    finish(run_workflow(workflow, rows, options, scheduler, progress=not quiet), bad_rows)
+    results = run_workflow(workflow, rows, options, scheduler, progress=not quiet)
+    if workflow.train and not any(r.failed for r in results):
+        vocabulary = load_vocabulary_for(manifest, None, rows)
+        for line in train_after_stages(workflow, manifest, vocabulary, options.out, log=click.echo):
+            click.echo(line)
+    finish(results, bad_rows)
 
 
 @main.command()
@@ -314,6 +368,83 @@ def info(cache_dir: Path) -> None:
                    f"config {provenance.config}, cslr-pipe {provenance.package_version}")
         for video_id, reason in failed.items():
             click.echo(f"  failed {video_id}: {reason}")
+
+
+def load_vocabulary_for(manifest: Path, vocab: Path | None, rows) -> list[str]:
+    """The vocabulary file given, else NAME.vocab.json beside the manifest, else built from train."""
+    from cslr_pipe.pipeline.manifest import read_vocabulary
+
+    candidates = [vocab] if vocab else [manifest.with_suffix(".vocab.json"), manifest.parent / "vocabulary.json"]
+    for path in candidates:
+        if path.is_file():
+            return read_vocabulary(path)
+    if vocab:
+        raise FileNotFoundError(f"{vocab}: vocabulary not found")
+    return build_vocabulary(rows)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--cache", "cache_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--streams", default="features.rgb", show_default=True,
+              help="Comma-separated cached streams the model reads (e.g. features.rgb,features.keypoint).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
+@click.option("--vocab", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Vocabulary [default: MANIFEST.vocab.json or vocabulary.json beside it].")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--beam-width", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CTC decoding for evaluation: 1 = greedy, more = prefix beam search.")
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
+              help="Model option, repeatable (e.g. hidden=256).")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--stop-after", type=click.IntRange(min=1), default=None,
+              help="Stop after this many epochs of this job (wall-time limits); resume with --resume.")
+@device_option
+@handle_errors
+def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, vocab: Path | None,
+          epochs: int, batch_size: int, lr: float, seed: int, beam_width: int, num_workers: int,
+          model_options: tuple[str, ...], resume: bool, stop_after: int | None, device: str) -> None:
+    """Train MODEL (ctc, ...) on cached streams; keeps the best dev checkpoint, writes curves."""
+    from cslr_pipe.training.trainer import Run, TrainConfig, train as run_training
+
+    rows, _ = read_rows(manifest)
+    config = TrainConfig(model=model, streams=[s.strip() for s in streams.split(",") if s.strip()],
+                         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                         beam_width=beam_width, num_workers=num_workers,
+                         model_options=parse_options(model_options))
+    run = Run(manifest=manifest, vocabulary=load_vocabulary_for(manifest, vocab, rows), cache=cache_dir, out=out)
+    summary = run_training(config, run, resume=resume, log=click.echo, stop_after=stop_after)
+    click.echo(f"best dev WER {100 * summary['best_dev_wer']:.1f}%: {summary['checkpoint']}; "
+               f"curves in {out / 'curves.png'}")
+
+
+@main.command("eval")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--cache", "cache_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True)
+@click.option("--beam-width", type=click.IntRange(min=1), default=None,
+              help="CTC decoding [default: as in training].")
+@click.option("--phoenix", type=click.Choice(["phoenix2014", "phoenix2014t"]), default=None,
+              help="Score after the official PHOENIX cleanup of hypotheses and references.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where hypotheses and CTM/STM files go [default: beside the checkpoint].")
+@device_option
+@handle_errors
+def evaluate_command(checkpoint: Path, manifest: Path, cache_dir: Path, split: str, beam_width: int | None,
+                     phoenix: str | None, out: Path | None, device: str) -> None:
+    """Word error rate of a trained model on a split, with substitution/deletion/insertion rates."""
+    from cslr_pipe.training.evaluation import evaluate_checkpoint
+
+    report_lines = evaluate_checkpoint(checkpoint, manifest, cache_dir, split, beam_width, phoenix,
+                                       out or checkpoint.parent, device)
+    for line in report_lines:
+        click.echo(line)
 
 
 @main.command()

@@ -13,6 +13,7 @@ A workflow file (see workflows/demo.yaml)::
     cluster:                     # local (default) | slurm; `--scheduler ADDRESS` uses a running one
       kind: local
       n_workers: 2
+    train: {model: ctc, streams: [features.rgb], epochs: 30}   # optional, runs after the stages
 
 Task (stage B, shard k) depends on (stage A, shard k) for every A that B requires and that the
 workflow also runs; a required stage that the workflow does not run must already be in the cache.
@@ -32,7 +33,7 @@ from cslr_pipe.pipeline.manifest import ManifestRow
 from cslr_pipe.pipeline.runner import RunOptions, ShardResult, plan_shards, run_shard
 from cslr_pipe.pipeline.stages import Stage, get_stage
 
-WORKFLOW_KEYS = {"manifest", "out", "root", "shard_size", "compression", "device", "stages", "cluster"}
+WORKFLOW_KEYS = {"manifest", "out", "root", "shard_size", "compression", "device", "stages", "cluster", "train"}
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Workflow:
     compression: str = "gzip"
     device: str = "auto"
     cluster: dict = field(default_factory=lambda: {"kind": "local"})
+    train: dict | None = None  # TrainConfig fields: after the stages, train on the cache
 
 
 def load_workflow(path: str | Path) -> Workflow:
@@ -172,3 +174,17 @@ def run_workflow(workflow: Workflow, rows: list[ManifestRow], options: RunOption
     for stage in dict.fromkeys(stage for stage, _ in keys):
         write_index(options.out / stage)
     return [results[key] for key in keys]
+
+
+def train_after_stages(workflow: Workflow, manifest: Path, vocabulary: list[str], cache: Path,
+                       log=print) -> list[str]:
+    """The workflow's `train` section: train on the cache, then score the best model on test."""
+    from cslr_pipe.training.evaluation import evaluate_checkpoint
+    from cslr_pipe.training.trainer import Run, TrainConfig, train
+
+    config = TrainConfig.from_dict({"device": workflow.device, **workflow.train})
+    run_dir = cache / "runs" / config.model
+    summary = train(config, Run(manifest, vocabulary, cache, run_dir), log=log)
+    return [f"train: best dev WER {100 * summary['best_dev_wer']:.1f}%, curves {run_dir / 'curves.png'}",
+            *evaluate_checkpoint(Path(summary["checkpoint"]), manifest, cache, "test", out=run_dir,
+                                 device=workflow.device)]

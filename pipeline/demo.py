@@ -9,8 +9,8 @@ from typing import Callable
 
 from cslr_pipe.features.files import inside
 from cslr_pipe.features.store import open_cache
-from cslr_pipe.pipeline.dag import load_workflow, run_workflow
-from cslr_pipe.pipeline.manifest import read_manifest
+from cslr_pipe.pipeline.dag import load_workflow, run_workflow, train_after_stages
+from cslr_pipe.pipeline.manifest import read_manifest, read_vocabulary
 from cslr_pipe.pipeline.inspect import inspect_video
 from cslr_pipe.pipeline.runner import RunOptions, ShardResult, video_path
 from cslr_pipe.pipeline.synthetic import CorpusSpec, make_corpus
@@ -36,6 +36,10 @@ def run_demo(out: Path, num_videos: int = 48, workers: int = 2,
     options = RunOptions(out=out / "cache", root=manifest.parent, shard_size=workflow.shard_size,
                          compression=workflow.compression, device=workflow.device, progress=False)
     results = run_workflow(workflow, rows, options)
+    if workflow.train:
+        vocabulary = read_vocabulary(manifest.parent / "vocabulary.json")
+        for line in train_after_stages(workflow, manifest, vocabulary, options.out, log=echo):
+            echo(line)
     cache = open_cache(options.out)
     for stage in cache.stages():
         echo(f"cache: {stage}: {len(cache.ids(stage))} videos in {options.out / stage}")

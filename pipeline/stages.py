@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from cslr_pipe.features.backbones import RANDOM_INIT, backbone_factory, build_backbone
 from cslr_pipe.features.flow import (DEFAULT_BOUND, DEFAULT_STORAGE, build_flow_backend,
                                     flow_backend_factory, iter_encode_flow, iter_flow)
 from cslr_pipe.features.heatmaps import iter_heatmaps
@@ -84,9 +85,12 @@ class Stage:
     def provenance(self, config: dict) -> Provenance:
         """What the results depend on: the weights file enters by its sha256, not its path."""
         weights = config.get("weights")
-        if weights and not Path(weights).is_file():
+        if weights == RANDOM_INIT:
+            digest = "random-init"  # recorded, so random features are never taken for real ones
+        elif weights and not Path(weights).is_file():
             raise FileNotFoundError(f"stage {self.name}: weights file {weights} not found")
-        digest = sha256_file(weights) if weights else "none"
+        else:
+            digest = sha256_file(weights) if weights else "none"
         kept = {k: v for k, v in config.items() if k != "weights"}
         return Provenance(self.name, str(config.get("backend", "builtin")), kept, digest)
 
@@ -251,3 +255,61 @@ register_stage(Stage(
     complete=_locate_flow_weights,
     description="Optical flow [T-1, 2, h, w] in pixels of the resized frames, from frame t to t+1.",
 ))
+
+
+# ---------------------------------------------------------------------------------------------
+# features.<stream>: a frozen backbone over the RGB frames, the keypoint heatmaps or the flow.
+
+FEATURE_STREAMS = {"rgb": (), "keypoint": ("keypoints",), "flow": ("flow",)}
+
+
+def _locate_backbone_weights(config: dict) -> dict:
+    if config["weights"] == RANDOM_INIT:
+        return config
+    weights = backbone_factory(config["backbone"]).locate_weights(config["weights"])
+    return {**config, "weights": str(weights) if weights else None}
+
+
+class _FeatureExtractor:
+    """One frozen backbone for a whole shard; its input streams through in chunks."""
+
+    chunk = 64
+
+    def __init__(self, stream: str, config: dict, device: str):
+        self.stream, self.config = stream, config
+        self.backbone = build_backbone(config["backbone"], stream, config["weights"], resolve_device(device),
+                                       batch_size=32, **config["options"])
+
+    def chunks(self, item: VideoItem):
+        """The stream of one video in natural units, in chunks along time."""
+        if self.stream == "rgb":
+            return iter_frames(item.path, chunk_size=self.chunk)
+        inputs = item.inputs()
+        if self.stream == "flow":
+            flow = inputs["flow"]
+            return (flow[i:i + self.chunk] for i in range(0, len(flow), self.chunk))
+        attrs = item.cache.attrs(item.row.id, "keypoints")
+        return iter_heatmaps(inputs["keypoints"], (int(attrs["height"]), int(attrs["width"])),
+                             points="twostream", chunk_size=self.chunk)
+
+    def __call__(self, item: VideoItem) -> StageOutput:
+        name = f"features.{self.stream}"
+        features = self.backbone.features(self.chunks(item))
+        if not len(features):
+            raise VideoError(item.path, f"{name}: no features (video too short for {self.config['backbone']})")
+        return StageOutput({name: features.astype(np.float16)},
+                           group_attrs={"temporal_stride": self.backbone.temporal_stride, "dim": self.backbone.dim})
+
+    def close(self) -> None:
+        self.backbone.close()
+
+
+for _stream, _requires in FEATURE_STREAMS.items():
+    register_stage(Stage(
+        name=f"features.{_stream}",
+        build=lambda config, device, stream=_stream: _FeatureExtractor(stream, config, device),
+        defaults={"backbone": "resnet18", "weights": None, "options": {}},
+        requires=_requires,
+        complete=_locate_backbone_weights,
+        description=f"Frozen-backbone features [T', D] float16 of the {_stream} stream.",
+    ))

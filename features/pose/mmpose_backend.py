@@ -87,7 +87,7 @@ class MMPoseWholeBody(PoseBackend):
         mmpose, init_model, self._inference_topdown = import_mmpose()
         from mmengine.config import Config
 
-        self.weights = find_weights(weights, CHECKPOINT, PUBLISHED)
+        self.weights = self.locate_weights(Path(weights) if weights else None)
         self.device = resolve_device(device)
         self.flip_test = bool(flip_test)
         self.config = find_config(mmpose, config)

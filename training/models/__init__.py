@@ -1,0 +1,6 @@
+"""Recognition models over cached feature sequences, registered with the trainer by name."""
+
+from cslr_pipe.training.models.ctc import build_ctc
+from cslr_pipe.training.trainer import register_model
+
+register_model("ctc", build_ctc)

@@ -1,0 +1,301 @@
+"""PHOENIX-2014 / PHOENIX-2014-T gloss cleanup and scoring, as pure functions.
+
+Sources (facts re-implemented, no code copied):
+
+* PHOENIX-2014: the hypothesis cleanup of the dataset's ``evaluatePhoenix2014.sh``, as
+  redistributed in ``evaluation/slr_eval/preprocess.sh`` of VIPL-SLP/VAC_CSLR (also used by
+  CorrNet, SMKD, SEN and other VAC descendants), followed by ``mergectmstm.py`` (``[EMPTY]``
+  for utterances without words) and sclite. A sed/perl pipeline, in this order:
+  prefixes ``loc- cl- qu- poss- lh-`` -> ``S0NNE``/``HABEN2`` -> ``__EMOTION__ __PU__
+  __LEFTHAND__`` -> ``WIE AUSSEHEN`` / ``ZEIGEN`` -> spelled letters joined with ``+`` ->
+  ``RAUM`` suffix -> ``-PLUSPLUS`` -> four passes of the repeated-gloss collapse -> lines with
+  ``__LEFTHAND__ __EPENTHESIS__ __EMOTION__`` dropped -> ``[EMPTY]`` for an empty result.
+  ``clean_phoenix_2014`` in neccam/slt ``signjoey/phoenix_utils/phoenix_cleanup.py`` is a
+  Python port of the same rules in the same order applied to whole sentences (plus a final
+  collapse of *all* consecutive duplicates, optional here: ``collapse_all_repeats``).
+* PHOENIX-2014-T: ``clean_phoenix_2014_trans`` of neccam/slt (Camgoz, co-author of the 2014-T
+  release), the cleanup the SLT / TwoStream-SLR family scores 2014-T with. It differs from
+  the 2014 rules: *every* ``__X__`` marker is dropped (so ``__ON__``/``__OFF__`` too), only
+  the ``loc-`` and ``cl-`` prefixes are stripped (``poss-``, ``qu-``, ``lh-``, ``neg-`` stay,
+  matching the 2014-T ground-truth STM, which keeps e.g. ``poss-EUCH``, ``neg-HABEN``), there
+  is no ``S0NNE``/``HABEN2``/``ZEIGEN`` rule, the ``RAUM`` rule needs only one capital before
+  ``RAUM`` at the end of a gloss, and all consecutive duplicate glosses are collapsed at the
+  end. (The official 2014-T shell script itself was not available to check.)
+
+Notes on the official 2014 pipeline:
+
+* The shell script runs sed over the hypothesis *CTM file*, one word per line, so rules that
+  span two words (``WIE AUSSEHEN``, spelled-letter joining, repeated-gloss collapse) can never
+  fire there; only the one-word rules change anything. Here every rule is applied to the whole
+  sentence (as the Python port does), which is what these rules were written for; the
+  one-word rules give identical results either way.
+* The reference side is not cleaned by the script: sclite reads the released ground-truth
+  STM, which is already in cleaned form for 2014 (``WIE-AUSSEHEN``, ``ZEIGEN-BILDSCHIRM``,
+  ``S+H``, no ``loc-``; ``__ON__``/``__OFF__`` kept). ``score_phoenix`` cleans both sides with
+  the same function, as neccam/slt does, so raw corpus annotations can be passed as
+  references; lines of the released 2014 STM come out unchanged (checked on sample lines:
+  the STM is already in cleaned form), so passing the STM text is safe too.
+* ``ZEIGEN`` -> ``ZEIGEN-BILDSCHIRM`` applies to every gloss ending in ``ZEIGEN`` (patterns
+  ``ZEIGEN `` and ``ZEIGEN$``; in the CTM every word ends its line), whatever its neighbours.
+* Spelled letters are joined with ``+`` (``S H`` -> ``S+H``), not concatenated; the sed
+  sequence has quirks that are kept (e.g. ``A B C D`` -> ``A B+C+D``).
+* The prefix rules, ``S0NNE``, ``HABEN2`` and ``RAUM`` are substring replacements (no word
+  boundaries), exactly as in sed.
+* Regexes use ASCII classes (``[A-Z]``, ``\\w``), as perl and sed do on byte strings.
+
+Every rule below is a function ``str -> str`` on a space-separated gloss sentence; the
+``clean_*`` functions take a string or a token list and return a token list.
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import groupby
+from typing import Iterable, Literal, Sequence, Union
+
+from .metrics import WERDetails, wer_details
+
+Glosses = Union[str, Sequence[str]]
+
+EMPTY = "[EMPTY]"
+
+__all__ = [
+    "EMPTY",
+    "clean_phoenix2014",
+    "clean_phoenix2014t",
+    "score_phoenix",
+    "strip_prefixes",
+    "fix_sonne",
+    "fix_haben2",
+    "drop_markers",
+    "join_wie_aussehen",
+    "expand_zeigen",
+    "join_spelled_letters",
+    "strip_raum_suffix",
+    "strip_plusplus",
+    "squeeze_spaces",
+    "collapse_repeats",
+    "drop_filtered_glosses",
+    "collapse_all_repeats",
+    "mark_empty",
+    "drop_all_markers_2014t",
+    "strip_loc_cl_2014t",
+    "strip_plusplus_2014t",
+    "strip_raum_suffix_2014t",
+]
+
+_A = re.ASCII
+
+
+def _sub(pattern: str, repl: str, text: str) -> str:
+    return re.sub(pattern, repl, text, flags=_A)
+
+
+# ---------------------------------------------------------------------------------------------
+# PHOENIX-2014 rules (official order)
+
+
+def strip_prefixes(text: str) -> str:
+    """Delete ``loc-``, ``cl-``, ``qu-``, ``poss-``, ``lh-`` (in this order, anywhere)."""
+    for prefix in ("loc-", "cl-", "qu-", "poss-", "lh-"):
+        text = text.replace(prefix, "")
+    return text
+
+
+def fix_sonne(text: str) -> str:
+    """``S0NNE`` (with a zero) -> ``SONNE``."""
+    return text.replace("S0NNE", "SONNE")
+
+
+def fix_haben2(text: str) -> str:
+    """``HABEN2`` -> ``HABEN``."""
+    return text.replace("HABEN2", "HABEN")
+
+
+def drop_markers(text: str) -> str:
+    """Delete ``__EMOTION__``, ``__PU__``, ``__LEFTHAND__`` (leaves extra spaces)."""
+    for marker in ("__EMOTION__", "__PU__", "__LEFTHAND__"):
+        text = text.replace(marker, "")
+    return text
+
+
+def join_wie_aussehen(text: str) -> str:
+    """``WIE AUSSEHEN`` -> ``WIE-AUSSEHEN``."""
+    return text.replace("WIE AUSSEHEN", "WIE-AUSSEHEN")
+
+
+def expand_zeigen(text: str) -> str:
+    """``ZEIGEN`` followed by a space or the end -> ``ZEIGEN-BILDSCHIRM``."""
+    text = text.replace("ZEIGEN ", "ZEIGEN-BILDSCHIRM ")
+    return _sub(r"ZEIGEN$", "ZEIGEN-BILDSCHIRM", text)
+
+
+_LETTER_RULES = (
+    (r"^([A-Z]) ([A-Z][+ ])", r"\1+\2"),
+    (r"[ +]([A-Z]) ([A-Z]) ", r" \1+\2 "),
+    (r"([ +][A-Z]) ([A-Z][ +])", r"\1+\2"),
+    (r"([ +][A-Z]) ([A-Z][ +])", r"\1+\2"),
+    (r"([ +][A-Z]) ([A-Z][ +])", r"\1+\2"),
+    (r"([ +]SCH) ([A-Z][ +])", r"\1+\2"),
+    (r"([ +]NN) ([A-Z][ +])", r"\1+\2"),
+    (r"([ +][A-Z]) (NN[ +])", r"\1+\2"),
+    (r"([ +][A-Z]) ([A-Z])$", r"\1+\2"),
+)
+
+
+def join_spelled_letters(text: str) -> str:
+    """Join fingerspelled single letters with ``+`` (``S H`` -> ``S+H``; also ``SCH``/``NN``
+    pieces), by the nine sed substitutions of the official script in their order."""
+    for pattern, repl in _LETTER_RULES:
+        text = _sub(pattern, repl, text)
+    return text
+
+
+def strip_raum_suffix(text: str) -> str:
+    """``XYRAUM`` -> ``XY`` when at least two capitals precede ``RAUM`` (``RAUM`` alone stays)."""
+    return _sub(r"([A-Z][A-Z])RAUM", r"\1", text)
+
+
+def strip_plusplus(text: str) -> str:
+    """Delete ``-PLUSPLUS``."""
+    return text.replace("-PLUSPLUS", "")
+
+
+def squeeze_spaces(text: str) -> str:
+    """Runs of spaces -> one space (the Python port does this; sed/sclite split on spaces)."""
+    return _sub(r" +", " ", text)
+
+
+_REPEAT = r"(?<![\w-])(\b[A-Z]+(?![\w-])) \1(?![\w-])"
+
+
+def collapse_repeats(text: str, passes: int = 4) -> str:
+    """Collapse a gloss repeated back to back (``REGEN REGEN`` -> ``REGEN``), only for plain
+    capital-letter glosses (not ``NICHT-VIEL``, ``S+H``, ``__ON__``, ``loc-X``...). The official
+    perl rule runs four times; each pass halves a run, so runs up to 16 collapse fully."""
+    for _ in range(passes):
+        text = _sub(_REPEAT, r"\1", text)
+    return text
+
+
+def drop_filtered_glosses(text: str) -> str:
+    """Drop glosses that the official script removes with ``grep -v`` (one CTM line per word):
+    any containing ``__LEFTHAND__``, ``__EPENTHESIS__`` or ``__EMOTION__``."""
+    bad = ("__LEFTHAND__", "__EPENTHESIS__", "__EMOTION__")
+    return " ".join(t for t in text.split(" ") if not any(b in t for b in bad))
+
+
+def collapse_all_repeats(tokens: Sequence[str]) -> list[str]:
+    """Collapse every run of identical consecutive glosses (the Python ports' final step)."""
+    return [k for k, _ in groupby(tokens)]
+
+
+def mark_empty(tokens: Sequence[str], empty: str = EMPTY) -> list[str]:
+    """An empty hypothesis becomes the single word ``[EMPTY]`` (official preprocess/mergectmstm)."""
+    return list(tokens) if tokens else [empty]
+
+
+def _as_text(glosses: Glosses) -> str:
+    if isinstance(glosses, str):
+        return glosses.strip()
+    return " ".join(str(g) for g in glosses).strip()
+
+
+def clean_phoenix2014(glosses: Glosses, *, collapse_all: bool = False) -> list[str]:
+    """PHOENIX-2014 cleanup in the official order; returns the remaining glosses (possibly none:
+    ``mark_empty`` adds ``[EMPTY]`` as the scoring does). ``collapse_all=True`` adds the final
+    collapse of all consecutive duplicates that neccam/slt's port applies."""
+    text = _as_text(glosses)
+    text = strip_prefixes(text)
+    text = fix_sonne(text)
+    text = fix_haben2(text)
+    text = drop_markers(text)
+    text = join_wie_aussehen(text)
+    text = expand_zeigen(text)
+    text = join_spelled_letters(text)
+    text = strip_raum_suffix(text)
+    text = strip_plusplus(text)
+    text = squeeze_spaces(text)
+    text = collapse_repeats(text)
+    text = squeeze_spaces(text)
+    text = drop_filtered_glosses(text)
+    tokens = text.split()
+    return collapse_all_repeats(tokens) if collapse_all else tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# PHOENIX-2014-T rules (neccam/slt clean_phoenix_2014_trans order)
+
+
+def drop_all_markers_2014t(text: str) -> str:
+    """Delete ``__LEFTHAND__``, ``__EPENTHESIS__``, ``__EMOTION__``, then every whole-word
+    ``__X__`` marker (``__ON__``, ``__OFF__``, ``__PU__``, ...)."""
+    for marker in ("__LEFTHAND__", "__EPENTHESIS__", "__EMOTION__"):
+        text = text.replace(marker, "")
+    return _sub(r"\b__[^_ ]*__\b", "", text)
+
+
+def strip_loc_cl_2014t(text: str) -> str:
+    """Delete ``loc-`` and ``cl-`` at the start of a gloss (word boundary before them)."""
+    text = _sub(r"\bloc-([^ ]*)\b", r"\1", text)
+    return _sub(r"\bcl-([^ ]*)\b", r"\1", text)
+
+
+def strip_plusplus_2014t(text: str) -> str:
+    """``X-PLUSPLUS`` -> ``X`` at the end of a gloss."""
+    return _sub(r"\b([^ ]*)-PLUSPLUS\b", r"\1", text)
+
+
+def strip_raum_suffix_2014t(text: str) -> str:
+    """``XRAUM`` -> ``X`` for capitals ``X`` (at least one) when ``RAUM`` ends the word."""
+    return _sub(r"\b([A-Z][A-Z]*)RAUM\b", r"\1", text)
+
+
+def clean_phoenix2014t(glosses: Glosses) -> list[str]:
+    """PHOENIX-2014-T cleanup (neccam/slt ``clean_phoenix_2014_trans`` order); returns the
+    remaining glosses (possibly none)."""
+    text = _as_text(glosses)
+    text = drop_all_markers_2014t(text)
+    text = strip_loc_cl_2014t(text)
+    text = strip_plusplus_2014t(text)
+    text = strip_raum_suffix_2014t(text)
+    text = join_wie_aussehen(text)
+    text = join_spelled_letters(text)
+    text = squeeze_spaces(text)
+    text = collapse_repeats(text)
+    text = squeeze_spaces(text)
+    return collapse_all_repeats(text.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+Variant = Literal["phoenix2014", "phoenix2014t"]
+
+_CLEANERS = {
+    "phoenix2014": clean_phoenix2014,
+    "phoenix2014t": clean_phoenix2014t,
+}
+
+
+def score_phoenix(
+    refs: Iterable[Glosses],
+    hyps: Iterable[Glosses],
+    variant: Variant = "phoenix2014",
+    *,
+    empty_token: str | None = EMPTY,
+) -> WERDetails:
+    """Clean references and hypotheses with the variant's cleanup, put ``[EMPTY]`` in place of
+    an empty hypothesis (as the official scripts do before sclite; an empty hypothesis then
+    costs one substitution plus deletions instead of deletions only, the same total unless the
+    reference is empty too), and return ``wer_details``. ``empty_token=None`` leaves empty
+    hypotheses empty."""
+    try:
+        clean = _CLEANERS[variant.lower().replace("-", "").replace("_", "")]
+    except KeyError:
+        raise ValueError(f"unknown variant {variant!r}; expected 'phoenix2014' or 'phoenix2014t'") from None
+    refs_c = [clean(r) for r in refs]
+    hyps_c = [clean(h) for h in hyps]
+    if empty_token is not None:
+        hyps_c = [mark_empty(h, empty_token) for h in hyps_c]
+    return wer_details(refs_c, hyps_c)

@@ -1,0 +1,243 @@
+"""The training loop shared by every model: read cached sequences, optimise, evaluate WER, save.
+
+Linear, top to bottom (nanoGPT style): build data, model and optimiser from a TrainConfig; each
+epoch trains, then decodes dev and keeps the checkpoint with the lowest dev WER. Every number goes
+to ``RUN_DIR/log.jsonl`` and the curves to ``RUN_DIR/curves.png``. A model is a torch Module with
+``losses(batch) -> dict`` (its entry "loss" is optimised) and ``recognize(batch) -> (log_probs
+[B, T, C], lengths [B])``, built by name from :data:`MODELS`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from cslr_pipe.training.data import CachedSequenceDataset, collate_padded
+from cslr_pipe.training.decoding import beam_search_decode, greedy_decode
+from cslr_pipe.training.metrics import WERDetails, wer_details
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved in every checkpoint."""
+
+    model: str = "ctc"
+    streams: list[str] = field(default_factory=lambda: ["features.rgb"])
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 5.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    num_workers: int = 0
+    beam_width: int = 1  # 1 = greedy decoding
+    model_options: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+ModelBuilder = Callable[[TrainConfig, dict[str, int], int], torch.nn.Module]  # (config, dims, classes)
+MODELS: dict[str, ModelBuilder] = {}
+
+
+def register_model(name: str, builder: ModelBuilder) -> None:
+    """Make a model available to `cslr-pipe train NAME`."""
+    MODELS[name] = builder
+
+
+def build_model(config: TrainConfig, input_dims: dict[str, int], num_classes: int) -> torch.nn.Module:
+    if config.model not in MODELS:
+        import cslr_pipe.training.models  # noqa: F401  (registers the built-in models)
+    if config.model not in MODELS:
+        raise ValueError(f"unknown model {config.model!r}; known: {', '.join(sorted(MODELS))}")
+    return MODELS[config.model](config, input_dims, num_classes)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def to_device(batch: dict, device: str) -> dict:
+    """Move every tensor of a collated batch (also inside dicts) to ``device``."""
+    moved = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            moved[key] = value.to(device, non_blocking=True)
+        elif isinstance(value, dict):
+            moved[key] = {k: v.to(device, non_blocking=True) for k, v in value.items()}
+        else:
+            moved[key] = value
+    return moved
+
+
+def decode_batch(log_probs: torch.Tensor, lengths: torch.Tensor, beam_width: int = 1) -> list[list[int]]:
+    """CTC token ids per sequence (blank 0): greedy, or prefix beam search when beam_width > 1."""
+    log_probs, lengths = log_probs.float().cpu(), lengths.cpu()
+    if beam_width <= 1:
+        return greedy_decode(log_probs, lengths)
+    return beam_search_decode(log_probs, beam_width, lengths)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: DataLoader, vocabulary: list[str], device: str,
+             beam_width: int = 1) -> tuple[WERDetails, dict[str, list[str]], dict[str, list[str]]]:
+    """Decode a split: WER details, hypotheses and references (gloss lists by id)."""
+    model.eval()
+    hyps, refs = {}, {}
+    for batch in loader:
+        batch = to_device(batch, device)
+        log_probs, lengths = model.recognize(batch)
+        labels = batch["labels"].cpu().split(batch["label_lengths"].cpu().tolist())
+        for video_id, tokens, target in zip(batch["ids"], decode_batch(log_probs, lengths, beam_width), labels):
+            hyps[video_id] = [vocabulary[t] for t in tokens]
+            refs[video_id] = [vocabulary[t] for t in target.tolist()]
+    ids = sorted(hyps)
+    return wer_details([refs[i] for i in ids], [hyps[i] for i in ids]), hyps, refs
+
+
+@dataclass
+class Run:
+    """What a training run needs besides its config."""
+
+    manifest: Path
+    vocabulary: list[str]
+    cache: Path
+    out: Path
+
+
+def make_loader(run: Run, config: TrainConfig, split: str, shuffle: bool) -> DataLoader:
+    dataset = CachedSequenceDataset(run.cache, run.manifest, run.vocabulary, config.streams, split=split)
+    generator = torch.Generator().manual_seed(config.seed)
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle, collate_fn=collate_padded,
+                      num_workers=config.num_workers, generator=generator,
+                      persistent_workers=config.num_workers > 0)
+
+
+def input_dims(dataset: CachedSequenceDataset, streams: list[str]) -> dict[str, int]:
+    """Feature size per stream (everything after time, flattened), from the first item."""
+    item = dataset[0]["inputs"]
+    return {stream: int(np.prod(item[stream].shape[1:])) for stream in streams}
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    """Tensors, numbers, strings, lists and dicts only, so it loads with weights_only=True."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({"version": CHECKPOINT_VERSION, **state}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> dict:
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[str], None] = print,
+          stop_after: int | None = None) -> dict:
+    """Train and evaluate; returns a summary (best dev WER, the best checkpoint).
+
+    ``stop_after`` ends this invocation after that many epochs (for jobs with a wall-time limit:
+    the next job resumes with ``resume=True`` and the result equals an uninterrupted run).
+    """
+    run.out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(config.device)
+    seed_everything(config.seed)
+    train_loader = make_loader(run, config, "train", shuffle=True)
+    dev_loader = make_loader(run, config, "dev", shuffle=False)
+    dims = input_dims(train_loader.dataset, config.streams)
+    model = build_model(config, dims, len(run.vocabulary)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.startswith("cuda"))
+    history, start_epoch, best = [], 0, float("inf")
+
+    last = run.out / "last.pt"
+    if resume and last.is_file():
+        state = load_checkpoint(last, device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        train_loader.generator.set_state(state["loader_rng"])
+        history, start_epoch, best = state["history"], state["epoch"] + 1, state["best_dev_wer"]
+        log(f"resumed from {last} at epoch {start_epoch}")
+
+    end = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, end):
+        model.train()
+        started, totals, steps = time.perf_counter(), {}, 0
+        for batch in train_loader:
+            batch = to_device(batch, device)
+            with autocast:
+                losses = model.losses(batch)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach())
+            steps += 1
+        scheduler.step()
+        details, _, _ = evaluate(model, dev_loader, run.vocabulary, device, config.beam_width)
+        record = {"epoch": epoch, **{f"train_{k}": v / max(steps, 1) for k, v in totals.items()},
+                  "dev_wer": details.wer, "lr": scheduler.get_last_lr()[0],
+                  "seconds": round(time.perf_counter() - started, 2),
+                  "sequences_per_second": round(len(train_loader.dataset) / (time.perf_counter() - started), 2)}
+        history.append(record)
+        log(f"epoch {epoch}: loss {record['train_loss']:.3f}, dev WER {100 * details.wer:.1f}%")
+        state = {"config": asdict(config), "vocabulary": run.vocabulary, "input_dims": dims,
+                 "model": model.state_dict(), "epoch": epoch, "history": history}
+        if details.wer < best:
+            best = details.wer
+            save_checkpoint(run.out / "best.pt", **state, best_dev_wer=best)
+        save_checkpoint(last, **state, best_dev_wer=best, optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), torch_rng=torch.get_rng_state(),
+                        loader_rng=train_loader.generator.get_state())
+        with (run.out / "log.jsonl").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        draw_curves(history, run.out / "curves.png")
+    return {"best_dev_wer": best, "epochs": len(history), "checkpoint": str(run.out / "best.pt")}
+
+
+def draw_curves(history: list[dict], path: Path) -> None:
+    """Training loss and dev WER per epoch, as a PNG."""
+    from cslr_pipe.features.visualize import line_plot, save_png, stack_rows
+
+    if not history:
+        return
+    loss = np.array([h["train_loss"] for h in history])
+    wer = np.array([100 * h["dev_wer"] for h in history])
+    save_png(stack_rows([line_plot(loss, 480, 120, "train loss per epoch"),
+                         line_plot(wer, 480, 120, "dev WER % per epoch")]), path)
+
+
+def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """A trained model from a checkpoint (weights_only), and the checkpoint's contents."""
+    state = load_checkpoint(checkpoint, device)
+    config = TrainConfig.from_dict(state["config"])
+    model = build_model(config, state["input_dims"], len(state["vocabulary"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
