@@ -132,3 +132,28 @@ def test_mediapipe_keypoints_follow_the_synthetic_signer(tmp_path):
             assert seen.mean() > 0.9
             error = np.linalg.norm(keypoints[seen, point, :2] - expected[seen, point, :2], axis=1)
             assert np.median(error) < 8, (video_id, point, np.median(error))
+
+
+def test_features_of_every_stream_from_the_cache(corpus, tmp_path, glove_backend):
+    out = tmp_path / "cache"
+    common = ["--manifest", corpus, "--out", out, "--quiet"]
+    assert invoke("extract-keypoints", *common, "--backend", "glove-finder").exit_code == 0
+    assert invoke("extract-flow", *common, "--size", 32, 32).exit_code == 0
+    for stream in ("rgb", "keypoint", "flow"):
+        with pytest.warns(UserWarning, match="random"):
+            result = invoke("cache-features", *common, "--stream", stream, "--weights", "none",
+                            "--backbone-option", "resize=64", "--backbone-option", "crop=56",
+                            "--backbone-option", "heatmap_size=56")
+        assert result.exit_code == 0, result.output
+    cache = open_cache(out)
+    for video_id in cache.ids("features.rgb"):
+        data = cache.read(video_id)
+        frames = len(data["keypoints"])
+        assert data["features.rgb"].shape == (frames, 512) and data["features.keypoint"].shape == (frames, 512)
+        assert data["features.flow"].shape == (frames - 1, 512)
+        assert np.isfinite(data["features.keypoint"]).all()
+    assert cache.provenance("features.keypoint").weights_sha256 == "random-init"
+    again = invoke("cache-features", *common, "--stream", "rgb", "--weights", "none",
+                   "--backbone-option", "resize=64", "--backbone-option", "crop=56",
+                   "--backbone-option", "heatmap_size=56")
+    assert again.exit_code == 0 and "1 of 1 shards already complete" in again.output
