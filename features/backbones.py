@@ -67,6 +67,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
+from cslr_pipe.features.registry import Registry
+
 if TYPE_CHECKING:
     import torch
 
@@ -406,26 +408,11 @@ class S3DBackbone(TorchvisionBackbone):
 Factory = Callable[..., Backbone]  # (stream, weights, device, batch_size, **options)
 
 # Built-ins by name; torch and torchvision are imported only when one is built.
-_BUILTIN: dict[str, str] = {"resnet18": "ResNet18", "resnet34": "ResNet34", "s3d": "S3DBackbone"}
-_REGISTERED: dict[str, Factory] = {}
-
-
-def register_backbone(name: str, factory: Factory) -> None:
-    """Plug in a backbone of your own: ``factory(stream=, weights=, device=, batch_size=, **options)``."""
-    _REGISTERED[name] = factory
-
-
-def backbone_names() -> list[str]:
-    return sorted({*_BUILTIN, *_REGISTERED})
-
-
-def backbone_factory(name: str) -> Factory:
-    """The class (or factory) of a backbone by name; raises ValueError for an unknown name."""
-    if name in _REGISTERED:
-        return _REGISTERED[name]
-    if name in _BUILTIN:
-        return globals()[_BUILTIN[name]]
-    raise ValueError(f"unknown backbone {name!r}; known: {', '.join(backbone_names())}")
+BACKBONES = Registry("backbone", {name: f"{__name__}:{cls}" for name, cls in (
+    ("resnet18", "ResNet18"), ("resnet34", "ResNet34"), ("s3d", "S3DBackbone"))})
+register_backbone = BACKBONES.register  # plug in your own: factory(stream=, weights=, device=, batch_size=, **options)
+backbone_names = BACKBONES.names
+backbone_factory = BACKBONES.factory
 
 
 def build_backbone(name: str, stream: str = "rgb", weights: str | Path | None = None,

@@ -88,6 +88,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from cslr_pipe.features.registry import Registry
 from cslr_pipe.features.store import quantize_linear, register_decoder
 
 STORAGES = ("uint8", "float16", "rgb")
@@ -352,27 +353,11 @@ Factory = Callable[..., FlowBackend]  # (weights: Path | None, device: str, **op
 # Built-in backends by name. They live in this module, but each imports its dependencies
 # (OpenCV; torch and torchvision for RAFT) only when built, so importing this module (e.g. to
 # decode stored flow) imports neither.
-_BUILTIN: dict[str, str] = {"dis": "DISFlow", "farneback": "FarnebackFlow",
-                            "raft-small": "RAFTSmall", "raft-large": "RAFTLarge"}
-_REGISTERED: dict[str, Factory] = {}
-
-
-def register_flow_backend(name: str, factory: Factory) -> None:
-    """Plug in a backend of your own: ``factory(weights, device, **options)``."""
-    _REGISTERED[name] = factory
-
-
-def flow_backend_names() -> list[str]:
-    return sorted({*_BUILTIN, *_REGISTERED})
-
-
-def flow_backend_factory(name: str) -> Factory:
-    """The class (or factory) of a backend by name; raises ValueError for an unknown name."""
-    if name in _REGISTERED:
-        return _REGISTERED[name]
-    if name in _BUILTIN:
-        return globals()[_BUILTIN[name]]
-    raise ValueError(f"unknown flow backend {name!r}; known: {', '.join(flow_backend_names())}")
+BACKENDS = Registry("flow backend", {name: f"{__name__}:{cls}" for name, cls in (
+    ("dis", "DISFlow"), ("farneback", "FarnebackFlow"), ("raft-small", "RAFTSmall"), ("raft-large", "RAFTLarge"))})
+register_flow_backend = BACKENDS.register  # plug in your own: factory(weights, device, **options)
+flow_backend_names = BACKENDS.names
+flow_backend_factory = BACKENDS.factory
 
 
 def build_flow_backend(name: str, weights: str | Path | None = None, device: str = "cpu",

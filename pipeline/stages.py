@@ -147,11 +147,16 @@ register_stage(Stage(
 # keypoints: whole-body pose per frame, COCO-WholeBody [T, 133, 3] (x, y, score) in source pixels.
 
 
-def _locate_pose_weights(config: dict) -> dict:
-    """Name the weights file the backend will use, so that its sha256 enters the provenance."""
-    weights = pose_backend_factory(config["backend"]).locate_weights(
-        Path(config["weights"]) if config["weights"] else None)
-    return {**config, "weights": str(weights) if weights else None}
+def _weights_of(factory_of: Callable[[str], Callable], key: str) -> Callable[[dict], dict]:
+    """A Stage.complete hook naming the weights file the model of ``config[key]`` will use, so
+    that its sha256 enters the provenance (random initialisation stays "none")."""
+    def complete(config: dict) -> dict:
+        if config["weights"] == RANDOM_INIT:
+            return config
+        given = Path(config["weights"]) if config["weights"] else None
+        weights = factory_of(config[key]).locate_weights(given)
+        return {**config, "weights": str(weights) if weights else None}
+    return complete
 
 
 class _KeypointExtractor:
@@ -180,7 +185,7 @@ register_stage(Stage(
     name="keypoints",
     build=_KeypointExtractor,
     defaults={"backend": "mediapipe", "weights": None, "options": {}},
-    complete=_locate_pose_weights,
+    complete=_weights_of(pose_backend_factory, "backend"),
     description="Whole-body keypoints [T, 133, 3] (x, y, score) in source pixels, COCO-WholeBody order.",
 ))
 
@@ -217,12 +222,6 @@ register_stage(Stage(
 # flow: optical flow between consecutive frames [T-1, 2, h, w] at a fixed size, stored compactly.
 
 
-def _locate_flow_weights(config: dict) -> dict:
-    weights = flow_backend_factory(config["backend"]).locate_weights(
-        Path(config["weights"]) if config["weights"] else None)
-    return {**config, "weights": str(weights) if weights else None}
-
-
 class _FlowExtractor:
     """One flow backend for a whole shard; frames stream through it in chunks."""
 
@@ -252,7 +251,7 @@ register_stage(Stage(
     build=_FlowExtractor,
     defaults={"backend": "dis", "weights": None, "size": [224, 224], "storage": DEFAULT_STORAGE,
               "bound": DEFAULT_BOUND, "options": {}},
-    complete=_locate_flow_weights,
+    complete=_weights_of(flow_backend_factory, "backend"),
     description="Optical flow [T-1, 2, h, w] in pixels of the resized frames, from frame t to t+1.",
 ))
 
@@ -261,13 +260,6 @@ register_stage(Stage(
 # features.<stream>: a frozen backbone over the RGB frames, the keypoint heatmaps or the flow.
 
 FEATURE_STREAMS = {"rgb": (), "keypoint": ("keypoints",), "flow": ("flow",)}
-
-
-def _locate_backbone_weights(config: dict) -> dict:
-    if config["weights"] == RANDOM_INIT:
-        return config
-    weights = backbone_factory(config["backbone"]).locate_weights(config["weights"])
-    return {**config, "weights": str(weights) if weights else None}
 
 
 class _FeatureExtractor:
@@ -310,6 +302,6 @@ for _stream, _requires in FEATURE_STREAMS.items():
         build=lambda config, device, stream=_stream: _FeatureExtractor(stream, config, device),
         defaults={"backbone": "resnet18", "weights": None, "options": {}},
         requires=_requires,
-        complete=_locate_backbone_weights,
+        complete=_weights_of(backbone_factory, "backbone"),
         description=f"Frozen-backbone features [T', D] float16 of the {_stream} stream.",
     ))

@@ -117,7 +117,7 @@ def test_registry_options_and_errors(photo):
         assert "zero" in F.flow_backend_names()
         assert F.build_flow_backend("zero", value=2.0)(photo[None], photo[None]).max() == 2.0
     finally:
-        F._REGISTERED.pop("zero")
+        F.BACKENDS.unregister("zero")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cslr_pipe.features.heatmaps import render_heatmaps
-from cslr_pipe.features.pose import PoseBackend, _REGISTERED, register_pose_backend
+from cslr_pipe.features.pose import BACKENDS, PoseBackend, register_pose_backend
 from cslr_pipe.features.pose.pose_format import read_pose_file
 from cslr_pipe.features.store import open_cache
 from cslr_pipe.pipeline.cli import main
@@ -48,7 +48,7 @@ def corpus(tmp_path_factory):
 def glove_backend():
     register_pose_backend("glove-finder", TruthFromFrames)
     yield
-    _REGISTERED.pop("glove-finder")
+    BACKENDS.unregister("glove-finder")
 
 
 def invoke(*args):

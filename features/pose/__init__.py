@@ -8,12 +8,13 @@ x = y = 0 (a position is never invented).
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from cslr_pipe.features.registry import Registry
 
 
 class PoseBackend(ABC):
@@ -41,32 +42,15 @@ class PoseBackend(ABC):
 Factory = Callable[..., PoseBackend]  # (weights: Path | None, device: str, **options)
 
 # Built-in backends by import path, so that importing this package imports none of their
-# dependencies (MediaPipe, mmpose, onnxruntime).
-_BUILTIN = {
+# dependencies (MediaPipe, mmpose).
+BACKENDS = Registry("pose backend", {
     "mediapipe": "cslr_pipe.features.pose.mediapipe_backend:MediaPipeHolistic",
     "hrnet": "cslr_pipe.features.pose.hrnet_backend:HRNetWholeBody",
     "mmpose": "cslr_pipe.features.pose.mmpose_backend:MMPoseWholeBody",
-}
-_REGISTERED: dict[str, Factory] = {}
-
-
-def register_pose_backend(name: str, factory: Factory) -> None:
-    """Plug in a backend of your own: ``factory(weights, device, **options)``."""
-    _REGISTERED[name] = factory
-
-
-def pose_backend_names() -> list[str]:
-    return sorted({*_BUILTIN, *_REGISTERED})
-
-
-def pose_backend_factory(name: str) -> Factory:
-    """The class (or factory) of a backend by name; raises ValueError for an unknown name."""
-    if name in _REGISTERED:
-        return _REGISTERED[name]
-    if name in _BUILTIN:
-        module, _, attribute = _BUILTIN[name].partition(":")
-        return getattr(importlib.import_module(module), attribute)
-    raise ValueError(f"unknown pose backend {name!r}; known: {', '.join(pose_backend_names())}")
+})
+register_pose_backend = BACKENDS.register  # plug in your own: factory(weights, device, **options)
+pose_backend_names = BACKENDS.names
+pose_backend_factory = BACKENDS.factory
 
 
 def build_pose_backend(name: str, weights: str | Path | None = None, device: str = "cpu",
