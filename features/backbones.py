@@ -253,14 +253,10 @@ class TorchvisionBackbone(Backbone):
         return torch.autocast(self.device.type, dtype=self._autocast_dtype)
 
     def close(self) -> None:
-        self.model = None
-        try:
-            import torch
+        from cslr_pipe.features.weights import free_gpu_memory
 
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-        except Exception:  # pragma: no cover - closing must not fail
-            pass
+        self.model = None
+        free_gpu_memory(self.device)
 
 
 def _chunks_of(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

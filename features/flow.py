@@ -322,14 +322,10 @@ class RAFTFlow(FlowBackend):
         return result
 
     def close(self) -> None:
-        self.model = None
-        try:
-            import torch
+        from cslr_pipe.features.weights import free_gpu_memory
 
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-        except Exception:  # pragma: no cover - closing must not fail
-            pass
+        self.model = None
+        free_gpu_memory(self.device)
 
 
 class RAFTSmall(RAFTFlow):

@@ -49,3 +49,9 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
     return device
+
+
+def free_gpu_memory(device) -> None:
+    """Give cached CUDA memory back after a model was dropped (nothing to do on the CPU)."""
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
