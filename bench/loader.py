@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         assert len(ours) == len(baseline) == len(rows)
 
         results = {}
-        print(f"\n| | data | workers | best pass (s) | sequences/s | frames/s | batch input per pass |")
+        print("\n| | data | workers | best pass (s) | sequences/s | frames/s | batch input per pass |")
         print("|---|---|---:|---:|---:|---:|---:|")
         for workers in args.workers:
             for key, name, dataset in (("a", "JPEG folders, imread + resize to [T,3,224,224] float32",
