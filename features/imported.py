@@ -24,7 +24,7 @@ every other one with :class:`UnsafePickleError` *before* anything is called:
   ``_codecs.encode``, which pickle protocol 2 uses for bytes, only with the ``latin1`` codec;
 - torch tensors (pickled with plain ``pickle``): ``torch._utils._rebuild_tensor_v2``,
   ``torch.storage._load_from_bytes`` and ``collections.OrderedDict`` (the tensor's empty
-  backward-hook dict). Torch's own ``_load_from_bytes`` calls ``torch.load(weights_only=False)``
+  backward-hook dict). Torch's own ``_load_from_bytes`` calls torch.load with ``weights_only=False``
   on the embedded storage bytes, a second unrestricted unpickler; it is replaced here by a loader
   that calls ``torch.load(..., weights_only=True, map_location="cpu")``, and the tensor rebuild
   accepts only the storage that loader made, with no backward hooks.

@@ -179,6 +179,9 @@ def parse_options(pairs: tuple[str, ...]) -> dict:
     return options
 
 
+weights_option = click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                              help="Weights file of the backend [default: its usual name in the "
+                                   "torch hub cache].")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                              show_default=True, help="Where models run; auto = CUDA when present.")
 
@@ -188,8 +191,7 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
 @click.option("--backend", default="mediapipe", show_default=True,
               help="Pose backend: mediapipe (offline default, no weights), hrnet (HRNet-w48 "
                    "COCO-WholeBody, needs its mmpose checkpoint), mmpose (needs mmpose installed).")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Weights file of the backend [default: its usual name in the torch hub cache].")
+@weights_option
 @click.option("--backend-option", "backend_options", multiple=True, metavar="KEY=VALUE",
               help="Backend option, repeatable (e.g. flip_test=false for hrnet).")
 @click.option("--export-pose", "export_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -227,8 +229,7 @@ def export_pose_files(cache, folder: Path) -> int:
 @click.option("--backend", default="dis", show_default=True,
               help="Flow backend: dis (OpenCV DIS, offline default), farneback, raft-small, "
                    "raft-large (torchvision RAFT; needs its weights file).")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Weights file of the backend [default: its usual name in the torch hub cache].")
+@weights_option
 @click.option("--size", type=(int, int), default=(224, 224), show_default=True, metavar="H W",
               help="Frames are resized to this before flow is computed.")
 @click.option("--storage", type=click.Choice(["uint8", "float16", "rgb"]), default="uint8",
