@@ -1,7 +1,8 @@
-"""The training Dataset over cache shards, and the CTC padding collate."""
+"""The training Dataset over cache shards, the CTC padding collate, augmentation and batching."""
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
@@ -10,11 +11,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from cslr_pipe.features import store
 from cslr_pipe.features.store import Provenance, ShardWriter, write_index
 from cslr_pipe.pipeline.imports import import_features
 from cslr_pipe.pipeline.manifest import BLANK, ManifestRow, build_vocabulary, write_manifest
 from cslr_pipe.pipeline.runner import plan_shards
-from cslr_pipe.training.data import CachedSequenceDataset, collate_padded
+from cslr_pipe.training.data import (Augmentation, CachedSequenceDataset, LengthBucketSampler,
+                                     collate_padded, rescale_time)
 
 DIM = 8
 
@@ -119,6 +122,10 @@ def test_collate_padded(cache):
     assert torch.all(x[0, frames("v0"):] == 0) and torch.all(x[2, frames("v1"):] == 0)
     np.testing.assert_array_equal(x[1].numpy(), rgb("v2").astype(np.float32))
     assert batch["label_lengths"].tolist() == [2, 3, 1]
+    mask = batch["mask"]["features.rgb"]
+    assert mask.dtype == torch.bool and mask.shape == (3, frames("v2"))
+    assert mask.sum(1).tolist() == batch["lengths"].tolist() and mask[:, 0].all()
+    assert torch.equal(mask, torch.arange(frames("v2")) < batch["lengths"][:, None])
     glosses = [vocabulary[i] for i in batch["labels"]]
     assert glosses == ["HELLO", "THANKS", "MORE", "MORE", "RAIN", "NO"]
     # the CTC convention: F.ctc_loss accepts it as it is
@@ -192,3 +199,132 @@ def test_imported_features_read_like_computed_ones(tmp_path):
     batch = next(iter(DataLoader(data, batch_size=4, collate_fn=collate_padded)))
     assert batch["inputs"]["features.rgb"].shape == (4, frames("v3"), DIM)
     np.testing.assert_array_equal(batch["inputs"]["features.rgb"][3].numpy(), rgb("v3").astype(np.float32))
+
+
+def test_rescale_time_linear_ramp():
+    ramp = np.arange(10, dtype=np.float32)[:, None] * np.array([1, -2], np.float32) + 3  # [10, 2]
+    assert rescale_time(ramp, 1.0) is ramp
+    for factor, steps in [(2.0, 20), (0.5, 5), (1.37, 14), (0.01, 1)]:
+        out = rescale_time(ramp, factor)
+        assert out.shape == (steps, 2) and out.dtype == np.float32
+        np.testing.assert_allclose(out[0], ramp[0])
+        if steps > 1:  # still a ramp between the same end points
+            np.testing.assert_allclose(out[-1], ramp[-1], rtol=1e-6)
+            np.testing.assert_allclose(np.diff(out, axis=0), np.diff(out, axis=0)[:1].repeat(steps - 1, 0),
+                                       atol=1e-5)
+    np.testing.assert_allclose(rescale_time(ramp, 2.0)[::19], ramp[[0, -1]])
+    flow = np.zeros((9, 2, 3, 4), np.float32)  # a stream one step shorter keeps its shape
+    assert rescale_time(flow, 2.0).shape == (18, 2, 3, 4)
+    assert rescale_time(ramp[:1], 3.0).tolist() == [[3, 3]] * 3
+    with pytest.raises(ValueError):
+        Augmentation(rescale=(1.5, 0.5))
+    with pytest.raises(ValueError):
+        Augmentation(feature_dropout=1.0)
+
+
+def test_augmented_items(cache):
+    root, rows, vocabulary = cache
+    plain = CachedSequenceDataset(root, rows, vocabulary, ["features.rgb", "keypoints"], split="dev")
+    data = CachedSequenceDataset(root, rows, vocabulary, ["features.rgb", "keypoints"], split="dev",
+                                 augment=Augmentation(rescale=(2, 2)))
+    item, original = data[1], plain[1]
+    assert item["length"] == 2 * frames("v7") and item["lengths"] == {"features.rgb": 2 * frames("v7"),
+                                                                       "keypoints": 2 * frames("v7")}
+    assert torch.equal(item["labels"], original["labels"])
+    x = item["inputs"]["features.rgb"].numpy()  # the stored rgb is a ramp in time
+    np.testing.assert_allclose(x, rescale_time(rgb("v7").astype(np.float32), 2.0))
+    np.testing.assert_allclose(x[[0, -1]], original["inputs"]["features.rgb"].numpy()[[0, -1]])
+    assert data.lengths() == plain.lengths() == [frames("v6"), frames("v7")]
+    assert data.lengths(epoch=3) == [2 * frames("v6"), 2 * frames("v7")]
+    assert collate_padded([data[0], data[1]])["inputs"]["keypoints"].shape == (2, 2 * frames("v7"), 133, 3)
+
+
+def test_augmentation_is_reproducible_per_seed_epoch_and_index(cache):
+    root, rows, vocabulary = cache
+    augment = Augmentation(rescale=(0.5, 1.5), feature_dropout=0.5)
+    data = CachedSequenceDataset(root, rows, vocabulary, ["features.rgb"], augment=augment, seed=1)
+    first = data[5]["inputs"]["features.rgb"]
+    assert torch.equal(first, data[5]["inputs"]["features.rgb"])
+    data.set_epoch(1)
+    assert not torch.equal(first, data[5]["inputs"]["features.rgb"])
+    data.set_epoch(0)
+    assert torch.equal(first, data[5]["inputs"]["features.rgb"])
+    other = CachedSequenceDataset(root, rows, vocabulary, ["features.rgb"], augment=augment, seed=2)
+    assert not torch.equal(first, other[5]["inputs"]["features.rgb"])
+    for epoch in range(3):  # lengths() predicts the rescaling of every epoch
+        data.set_epoch(epoch)
+        assert data.lengths(epoch) == [data[i]["length"] for i in range(len(data))]
+    # channel dropout: whole channels zeroed in every step, the others scaled by 1 / (1 - p)
+    dropout = CachedSequenceDataset(root, rows, vocabulary, ["keypoints"], split="dev", seed=1,
+                                    augment=Augmentation(rescale=(1, 1), feature_dropout=0.25))
+    x, clean = dropout[0]["inputs"]["keypoints"].numpy(), keypoints("v6")
+    dropped = np.all(x == 0, axis=0)
+    assert 0.2 < dropped.mean() < 0.3
+    np.testing.assert_allclose(x[:, ~dropped], clean[:, ~dropped] / 0.75, rtol=1e-6)
+
+
+def test_augmentation_in_persistent_workers(cache):
+    root, rows, vocabulary = cache
+    data = CachedSequenceDataset(root, rows, vocabulary, ["features.rgb"], seed=3,
+                                 augment=Augmentation(rescale=(0.5, 1.5), feature_dropout=0.3))
+    loader = DataLoader(data, batch_size=3, num_workers=2, collate_fn=collate_padded,
+                        multiprocessing_context="fork", persistent_workers=True)
+    for epoch in (0, 1):
+        data.set_epoch(epoch)  # reaches the workers started in epoch 0
+        for batch in loader:
+            for k, video_id in enumerate(batch["ids"]):
+                expected = data[data.ids.index(video_id)]["inputs"]["features.rgb"]
+                assert batch["lengths"][k] == len(expected)
+                assert torch.equal(batch["inputs"]["features.rgb"][k, :len(expected)], expected)
+
+
+def test_lengths_read_no_arrays(cache, monkeypatch):
+    root, rows, vocabulary = cache
+    with pytest.warns(UserWarning):
+        data = CachedSequenceDataset(root, rows, vocabulary, ["keypoints", "features.rgb"], split=None)
+    monkeypatch.setattr(store, "decode", lambda dataset: pytest.fail("read an array"))
+    assert data.lengths() == [frames(i) for i in data.ids]
+
+
+def padding(batches: list[list[int]], lengths: np.ndarray) -> float:
+    """Fraction of padded steps when the batches are collated."""
+    return 1 - sum(lengths[b].sum() for b in batches) / sum(len(b) * lengths[b].max() for b in batches)
+
+
+def test_length_buckets_cover_every_index_once_with_little_padding():
+    lengths = np.random.default_rng(0).integers(10, 300, 1003)
+    sampler = LengthBucketSampler(lengths, batch_size=8, seed=0, bucket_size_multiplier=50)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 126
+    assert sorted(i for b in batches for i in b) == list(range(1003))
+    assert all(len(b) == 8 for b in batches if len(b) != 3)
+    unsorted = list(LengthBucketSampler(lengths, batch_size=8, seed=0, bucket_size_multiplier=1))
+    assert padding(batches, lengths) < 0.05 and padding(unsorted, lengths) > 0.3
+    assert list(sampler) == batches  # deterministic per (seed, epoch)
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    sampler.set_epoch(0)
+    assert list(sampler) == batches
+    assert list(LengthBucketSampler(lengths, batch_size=8, seed=1, bucket_size_multiplier=50)) != batches
+    ordered = LengthBucketSampler(lengths, batch_size=8, shuffle=False, bucket_size_multiplier=200)
+    first = list(ordered)
+    ordered.set_epoch(5)
+    assert list(ordered) == first and lengths[first[0]].max() <= lengths[first[1]].min()
+    epochs = []  # lengths may depend on the epoch (augmented lengths)
+    list(LengthBucketSampler(lambda epoch: epochs.append(epoch) or lengths, batch_size=8))
+    assert epochs == [0, 0]
+
+
+@pytest.mark.parametrize("size, replicas", [(1003, 2), (100, 3), (5, 4)])
+def test_length_buckets_shard_over_replicas(size, replicas):
+    lengths = np.random.default_rng(1).integers(1, 100, size)
+    ranks = [LengthBucketSampler(lengths, batch_size=4, seed=2, num_replicas=replicas, rank=r,
+                                 bucket_size_multiplier=10) for r in range(replicas)]
+    for sampler in ranks:
+        sampler.set_epoch(7)
+    shards = [list(sampler) for sampler in ranks]
+    assert all(len(shard) == len(ranks[0]) for shard in shards)
+    in_order = [shards[k % replicas][k // replicas] for k in range(len(ranks[0]) * replicas)]
+    distinct = math.ceil(size / 4)  # then repeats of the first batches, to even the counts out
+    assert sorted(i for b in in_order[:distinct] for i in b) == list(range(size))
+    assert in_order[distinct:] == in_order[:len(in_order) - distinct]
