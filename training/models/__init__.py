@@ -1,6 +1,8 @@
 """Recognition models over cached feature sequences, registered with the trainer by name."""
 
+from cslr_pipe.training.models.acdr import build_acdr
 from cslr_pipe.training.models.ctc import build_ctc
 from cslr_pipe.training.trainer import register_model
 
 register_model("ctc", build_ctc)
+register_model("acdr", build_acdr)
