@@ -393,9 +393,10 @@ def load_vocabulary_for(manifest: Path, vocab: Path | None, rows) -> list[str]:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
 @click.option("--vocab", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Vocabulary [default: MANIFEST.vocab.json or vocabulary.json beside it].")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="All epochs, every phase together [default: the model's, see docs/training.md].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: the model's]")
+@click.option("--lr", type=float, default=None, help="Initial learning rate [default: the model's].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--beam-width", type=click.IntRange(min=1), default=1, show_default=True,
               help="CTC decoding for evaluation: 1 = greedy, more = prefix beam search.")
@@ -408,16 +409,16 @@ def load_vocabulary_for(manifest: Path, vocab: Path | None, rows) -> list[str]:
 @device_option
 @handle_errors
 def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, vocab: Path | None,
-          epochs: int, batch_size: int, lr: float, seed: int, beam_width: int, num_workers: int,
+          epochs: int | None, batch_size: int | None, lr: float | None, seed: int, beam_width: int, num_workers: int,
           model_options: tuple[str, ...], resume: bool, stop_after: int | None, device: str) -> None:
-    """Train MODEL (ctc, ...) on cached streams; keeps the best dev checkpoint, writes curves."""
+    """Train MODEL (ctc, diffsign, acdr) on cached streams; keeps the best dev checkpoint, writes curves."""
     from cslr_pipe.training.trainer import Run, TrainConfig, train as run_training
 
     rows, _ = read_rows(manifest)
-    config = TrainConfig(model=model, streams=[s.strip() for s in streams.split(",") if s.strip()],
-                         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                         beam_width=beam_width, num_workers=num_workers,
-                         model_options=parse_options(model_options))
+    config = TrainConfig.for_model(model, streams=[s.strip() for s in streams.split(",") if s.strip()],
+                                   epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                                   beam_width=beam_width, num_workers=num_workers,
+                                   model_options=parse_options(model_options) or None)
     run = Run(manifest=manifest, vocabulary=load_vocabulary_for(manifest, vocab, rows), cache=cache_dir, out=out)
     summary = run_training(config, run, resume=resume, log=click.echo, stop_after=stop_after)
     click.echo(f"best dev WER {100 * summary['best_dev_wer']:.1f}%: {summary['checkpoint']}; "

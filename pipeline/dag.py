@@ -182,7 +182,8 @@ def train_after_stages(workflow: Workflow, manifest: Path, vocabulary: list[str]
     from cslr_pipe.training.evaluation import evaluate_checkpoint
     from cslr_pipe.training.trainer import Run, TrainConfig, train
 
-    config = TrainConfig.from_dict({"device": workflow.device, **workflow.train})
+    options = {"device": workflow.device, **workflow.train}
+    config = TrainConfig.for_model(options.pop("model", "ctc"), **options)
     run_dir = cache / "runs" / config.model
     summary = train(config, Run(manifest, vocabulary, cache, run_dir), log=log)
     return [f"train: best dev WER {100 * summary['best_dev_wer']:.1f}%, curves {run_dir / 'curves.png'}",

@@ -4,7 +4,12 @@ Linear, top to bottom (nanoGPT style): build data, model and optimiser from a Tr
 epoch trains, then decodes dev and keeps the checkpoint with the lowest dev WER. Every number goes
 to ``RUN_DIR/log.jsonl`` and the curves to ``RUN_DIR/curves.png``. A model is a torch Module with
 ``losses(batch) -> dict`` (its entry "loss" is optimised) and ``recognize(batch) -> (log_probs
-[B, T, C], lengths [B])``, built by name from :data:`MODELS`.
+[B, T, C], lengths [B])``, built by name from :data:`MODELS`; ``forward(batch)`` returns the losses
+(DistributedDataParallel calls it).
+
+A model may train in phases (DiffSign: stage 1, then stage 2 with parts frozen): it then has
+``phases(epochs) -> [(name, epochs), ...]`` and ``set_phase(name)``, and every phase gets a fresh
+optimiser and learning-rate schedule over the parameters that still require gradients.
 """
 
 from __future__ import annotations
@@ -43,7 +48,17 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     num_workers: int = 0
     beam_width: int = 1  # 1 = greedy decoding
+    optimizer: str = "adamw"  # "adamw" or "adam" (L2 weight decay, as DiffSign uses)
+    lr_schedule: str = "cosine"  # "cosine" or "step" (x lr_gamma at lr_milestones) per phase
+    lr_milestones: list[float] = field(default_factory=lambda: [0.5, 0.85])  # fractions of a phase
+    lr_gamma: float = 0.2
     model_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.lr_schedule not in ("cosine", "step"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'step', got {self.lr_schedule!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -52,22 +67,69 @@ class TrainConfig:
             raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
         return cls(**data)
 
+    @classmethod
+    def for_model(cls, model: str, **given) -> "TrainConfig":
+        """Defaults of the dataclass, overridden by the model's registered defaults, then by
+        ``given`` (entries that are None are left to the defaults; model options merge)."""
+        _load_builtin_models(model)
+        defaults = MODEL_DEFAULTS.get(model, {})
+        given = {k: v for k, v in given.items() if v is not None}
+        options = {**defaults.get("model_options", {}), **given.pop("model_options", {})}
+        return cls.from_dict({**defaults, **given, "model": model, "model_options": options})
 
+
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 ModelBuilder = Callable[[TrainConfig, dict[str, int], int], torch.nn.Module]  # (config, dims, classes)
 MODELS: dict[str, ModelBuilder] = {}
+MODEL_DEFAULTS: dict[str, dict] = {}
 
 
-def register_model(name: str, builder: ModelBuilder) -> None:
-    """Make a model available to `cslr-pipe train NAME`."""
+def register_model(name: str, builder: ModelBuilder, defaults: dict | None = None) -> None:
+    """Make a model available to `cslr-pipe train NAME`; ``defaults`` are its TrainConfig defaults."""
     MODELS[name] = builder
+    MODEL_DEFAULTS[name] = dict(defaults or {})
+
+
+def _load_builtin_models(name: str) -> None:
+    if name not in MODELS:
+        import cslr_pipe.training.models  # noqa: F401  (registers the built-in models)
 
 
 def build_model(config: TrainConfig, input_dims: dict[str, int], num_classes: int) -> torch.nn.Module:
-    if config.model not in MODELS:
-        import cslr_pipe.training.models  # noqa: F401  (registers the built-in models)
+    _load_builtin_models(config.model)
     if config.model not in MODELS:
         raise ValueError(f"unknown model {config.model!r}; known: {', '.join(sorted(MODELS))}")
     return MODELS[config.model](config, input_dims, num_classes)
+
+
+def training_phases(model: torch.nn.Module, epochs: int) -> list[tuple[str, int]]:
+    """The model's phases as (name, epochs); one phase "train" for models without phases."""
+    if not hasattr(model, "phases"):
+        return [("train", epochs)]
+    phases = [(name, n) for name, n in model.phases(epochs) if n > 0]
+    if sum(n for _, n in phases) != epochs:
+        raise ValueError(f"{type(model).__name__}.phases({epochs}) gives {phases}, not {epochs} epochs")
+    return phases
+
+
+def phase_of(phases: list[tuple[str, int]], epoch: int) -> tuple[str, int, int]:
+    """(name, first epoch, epochs) of the phase that ``epoch`` belongs to."""
+    start = 0
+    for name, n in phases:
+        if epoch < start + n:
+            return name, start, n
+        start += n
+    raise ValueError(f"epoch {epoch} is past the last phase")
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, epochs: int):
+    """Optimiser over the parameters that require gradients, and its per-epoch schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.lr_schedule == "step":
+        milestones = sorted({max(1, round(f * epochs)) for f in config.lr_milestones})
+        return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, config.lr_gamma)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
 
 
 def seed_everything(seed: int) -> None:
@@ -169,30 +231,38 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
     dev_loader = make_loader(run, config, "dev", shuffle=False)
     dims = input_dims(train_loader.dataset, config.streams)
     model = build_model(config, dims, len(run.vocabulary)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
+    phases = training_phases(model, config.epochs)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.startswith("cuda"))
-    history, start_epoch, best = [], 0, float("inf")
+    history, start_epoch, best, phase, saved = [], 0, float("inf"), None, None
 
     last = run.out / "last.pt"
     if resume and last.is_file():
-        state = load_checkpoint(last, device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        train_loader.generator.set_state(state["loader_rng"])
-        history, start_epoch, best = state["history"], state["epoch"] + 1, state["best_dev_wer"]
+        saved = load_checkpoint(last, device)
+        model.load_state_dict(saved["model"])
+        torch.set_rng_state(saved["torch_rng"])
+        train_loader.generator.set_state(saved["loader_rng"])
+        history, start_epoch, best = saved["history"], saved["epoch"] + 1, saved["best_dev_wer"]
         log(f"resumed from {last} at epoch {start_epoch}")
 
     end = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, end):
+        name, first, length = phase_of(phases, epoch)
+        if name != phase:
+            phase = name
+            if hasattr(model, "set_phase"):
+                model.set_phase(name)
+            optimizer, scheduler = make_optimizer(model, config, length)
+            if saved is not None and phase_of(phases, saved["epoch"])[0] == name:
+                optimizer.load_state_dict(saved["optimizer"])
+                scheduler.load_state_dict(saved["scheduler"])
+            if len(phases) > 1:
+                log(f"phase {name}: epochs {first}-{first + length - 1}")
         model.train()
         started, totals, steps = time.perf_counter(), {}, 0
         for batch in train_loader:
             batch = to_device(batch, device)
             with autocast:
-                losses = model.losses(batch)
+                losses = model(batch)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -202,7 +272,7 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
             steps += 1
         scheduler.step()
         details, _, _ = evaluate(model, dev_loader, run.vocabulary, device, config.beam_width)
-        record = {"epoch": epoch, **{f"train_{k}": v / max(steps, 1) for k, v in totals.items()},
+        record = {"epoch": epoch, "phase": phase, **{f"train_{k}": v / max(steps, 1) for k, v in totals.items()},
                   "dev_wer": details.wer, "lr": scheduler.get_last_lr()[0],
                   "seconds": round(time.perf_counter() - started, 2),
                   "sequences_per_second": round(len(train_loader.dataset) / (time.perf_counter() - started), 2)}

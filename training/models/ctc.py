@@ -100,6 +100,8 @@ class CTCRecognizer(nn.Module):
         loss = self.ctc(log_probs.float().transpose(0, 1), batch["labels"], lengths, batch["label_lengths"])
         return {"loss": loss}
 
+    forward = losses
+
 
 def build_ctc(config, input_dims: dict[str, int], num_classes: int) -> CTCRecognizer:
     options = {"hidden": 512, "lstm_layers": 2, "dropout": 0.2, **config.model_options}
