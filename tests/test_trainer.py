@@ -4,43 +4,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from cslr_pipe.features.store import Provenance, ShardWriter
 from cslr_pipe.pipeline.cli import main
-from cslr_pipe.pipeline.manifest import ManifestRow, build_vocabulary, write_manifest, write_vocabulary
 from cslr_pipe.training.trainer import Run, TrainConfig, load_checkpoint, train
-
-GLOSSES = ["A", "B", "C", "D"]
-
-
-@pytest.fixture(scope="module")
-def feature_corpus(tmp_path_factory):
-    """Sentences whose glosses are 12-step bursts of a gloss-specific direction in 16-d, plus noise."""
-    root = tmp_path_factory.mktemp("features")
-    rng = np.random.default_rng(0)
-    directions = rng.normal(size=(len(GLOSSES), 16)).astype(np.float32)
-    rows, arrays = [], {}
-    for i in range(48):
-        glosses = list(rng.choice(GLOSSES, size=rng.integers(2, 4)))
-        parts = [rng.normal(0, 0.3, size=(6, 16))]
-        for gloss in glosses:
-            parts.append(directions[GLOSSES.index(gloss)] + rng.normal(0, 0.3, size=(12, 16)))
-            parts.append(rng.normal(0, 0.3, size=(4, 16)))
-        split = "train" if i < 36 else "dev" if i < 42 else "test"
-        rows.append(ManifestRow(f"s{i:02d}", split, f"v{i}.mp4", tuple(glosses)))
-        arrays[rows[-1].id] = np.concatenate(parts).astype(np.float16)
-    write_manifest(rows, root / "manifest.jsonl")
-    write_vocabulary(build_vocabulary(rows), root / "manifest.vocab.json")
-    provenance = Provenance("features.rgb", "test", {})
-    with ShardWriter(root / "cache" / "features.rgb", 0, [r.id for r in rows], provenance) as writer:
-        for row in rows:
-            writer.write(row.id, {"features.rgb": arrays[row.id]})
-        writer.commit()
-    return root
 
 
 def run_for(root, out):

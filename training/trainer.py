@@ -14,6 +14,7 @@ optimiser and learning-rate schedule over the parameters that still require grad
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 import time
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cslr_pipe.training.data import CachedSequenceDataset, collate_padded
+from cslr_pipe.training import distributed
+from cslr_pipe.training.data import Augmentation, CachedSequenceDataset, LengthBucketSampler, collate_padded
 from cslr_pipe.training.decoding import beam_search_decode, greedy_decode
 from cslr_pipe.training.metrics import WERDetails, wer_details
 
@@ -52,6 +54,9 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # "cosine" or "step" (x lr_gamma at lr_milestones) per phase
     lr_milestones: list[float] = field(default_factory=lambda: [0.5, 0.85])  # fractions of a phase
     lr_gamma: float = 0.2
+    rescale: list[float] = field(default_factory=lambda: [1.0, 1.0])  # temporal rescaling range; [1, 1] = off
+    feature_dropout: float = 0.0  # probability of zeroing a feature channel of a training item
+    bucket_multiplier: int = 50  # length buckets: sort pools of this many batches by length; 1 = random batches
     model_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -168,7 +173,10 @@ def decode_batch(log_probs: torch.Tensor, lengths: torch.Tensor, beam_width: int
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, vocabulary: list[str], device: str,
              beam_width: int = 1) -> tuple[WERDetails, dict[str, list[str]], dict[str, list[str]]]:
-    """Decode a split: WER details, hypotheses and references (gloss lists by id)."""
+    """Decode a split: WER details, hypotheses and references (gloss lists by id).
+
+    Under DDP each rank decodes its share of the loader and the results are merged on every rank.
+    """
     model.eval()
     hyps, refs = {}, {}
     for batch in loader:
@@ -178,6 +186,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, vocabulary: list[str], 
         for video_id, tokens, target in zip(batch["ids"], decode_batch(log_probs, lengths, beam_width), labels):
             hyps[video_id] = [vocabulary[t] for t in tokens]
             refs[video_id] = [vocabulary[t] for t in target.tolist()]
+    hyps, refs = distributed.gather_dict(hyps), distributed.gather_dict(refs)
     ids = sorted(hyps)
     return wer_details([refs[i] for i in ids], [hyps[i] for i in ids]), hyps, refs
 
@@ -192,12 +201,28 @@ class Run:
     out: Path
 
 
-def make_loader(run: Run, config: TrainConfig, split: str, shuffle: bool) -> DataLoader:
-    dataset = CachedSequenceDataset(run.cache, run.manifest, run.vocabulary, config.streams, split=split)
-    generator = torch.Generator().manual_seed(config.seed)
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle, collate_fn=collate_padded,
-                      num_workers=config.num_workers, generator=generator,
+def make_loader(run: Run, config: TrainConfig, split: str, training: bool, rank: int = 0,
+                world_size: int = 1) -> DataLoader:
+    """Length-bucketed batches of one split, this rank's share; augmented when ``training``.
+
+    Batch order and augmentation depend only on (seed, epoch): call ``set_epoch`` on the dataset and
+    the batch sampler before each epoch (:func:`start_epoch`), and a resumed run sees the same data.
+    """
+    augment = None
+    if training and (tuple(config.rescale) != (1.0, 1.0) or config.feature_dropout > 0):
+        augment = Augmentation(tuple(config.rescale), config.feature_dropout)
+    dataset = CachedSequenceDataset(run.cache, run.manifest, run.vocabulary, config.streams, split=split,
+                                    augment=augment, seed=config.seed)
+    sampler = LengthBucketSampler(dataset.lengths if training else dataset.lengths(), config.batch_size,
+                                  shuffle=training, seed=config.seed, num_replicas=world_size, rank=rank,
+                                  bucket_size_multiplier=config.bucket_multiplier)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_padded, num_workers=config.num_workers,
                       persistent_workers=config.num_workers > 0)
+
+
+def start_epoch(loader: DataLoader, epoch: int) -> None:
+    loader.dataset.set_epoch(epoch)
+    loader.batch_sampler.set_epoch(epoch)
 
 
 def input_dims(dataset: CachedSequenceDataset, streams: list[str]) -> dict[str, int]:
@@ -223,29 +248,37 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
 
     ``stop_after`` ends this invocation after that many epochs (for jobs with a wall-time limit:
     the next job resumes with ``resume=True`` and the result equals an uninterrupted run).
+    Under torchrun every process trains on its share of each epoch's batches (DDP); rank 0 logs
+    and writes the checkpoints.
     """
-    run.out.mkdir(parents=True, exist_ok=True)
+    rank, world_size, local_rank = distributed.init_distributed()
     device = pick_device(config.device)
+    if device == "cuda" and world_size > 1:
+        device = f"cuda:{local_rank}"
+    main = rank == 0
+    log = log if main else (lambda _: None)
+    if main:
+        run.out.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
-    train_loader = make_loader(run, config, "train", shuffle=True)
-    dev_loader = make_loader(run, config, "dev", shuffle=False)
+    train_loader = make_loader(run, config, "train", True, rank, world_size)
+    dev_loader = make_loader(run, config, "dev", False, rank, world_size)
     dims = input_dims(train_loader.dataset, config.streams)
     model = build_model(config, dims, len(run.vocabulary)).to(device)
+    torch.manual_seed(config.seed + rank)  # same initial weights everywhere, different noise per rank
     phases = training_phases(model, config.epochs)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.startswith("cuda"))
-    history, start_epoch, best, phase, saved = [], 0, float("inf"), None, None
+    history, first_epoch, best, phase, saved = [], 0, float("inf"), None, None
 
     last = run.out / "last.pt"
     if resume and last.is_file():
         saved = load_checkpoint(last, device)
         model.load_state_dict(saved["model"])
-        torch.set_rng_state(saved["torch_rng"])
-        train_loader.generator.set_state(saved["loader_rng"])
-        history, start_epoch, best = saved["history"], saved["epoch"] + 1, saved["best_dev_wer"]
-        log(f"resumed from {last} at epoch {start_epoch}")
+        torch.set_rng_state(saved["torch_rng"][rank])
+        history, first_epoch, best = saved["history"], saved["epoch"] + 1, saved["best_dev_wer"]
+        log(f"resumed from {last} at epoch {first_epoch}")
 
-    end = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
-    for epoch in range(start_epoch, end):
+    end = config.epochs if stop_after is None else min(config.epochs, first_epoch + stop_after)
+    for epoch in range(first_epoch, end):
         name, first, length = phase_of(phases, epoch)
         if name != phase:
             phase = name
@@ -255,41 +288,58 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
             if saved is not None and phase_of(phases, saved["epoch"])[0] == name:
                 optimizer.load_state_dict(saved["optimizer"])
                 scheduler.load_state_dict(saved["scheduler"])
+            # DDP syncs the parameters that require gradients when it is built: rebuild per phase
+            step_model = model if world_size == 1 else torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[local_rank] if device.startswith("cuda") else None)
             if len(phases) > 1:
                 log(f"phase {name}: epochs {first}-{first + length - 1}")
         model.train()
+        start_epoch(train_loader, epoch)
         started, totals, steps = time.perf_counter(), {}, 0
         for batch in train_loader:
             batch = to_device(batch, device)
             with autocast:
-                losses = model(batch)
+                losses = step_model(batch)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            for name, value in losses.items():
-                totals[name] = totals.get(name, 0.0) + float(value.detach())
+            for key, value in losses.items():
+                totals[key] = totals.get(key, 0.0) + float(value.detach())
             steps += 1
         scheduler.step()
+        train_seconds = time.perf_counter() - started
         details, _, _ = evaluate(model, dev_loader, run.vocabulary, device, config.beam_width)
         record = {"epoch": epoch, "phase": phase, **{f"train_{k}": v / max(steps, 1) for k, v in totals.items()},
                   "dev_wer": details.wer, "lr": scheduler.get_last_lr()[0],
-                  "seconds": round(time.perf_counter() - started, 2),
-                  "sequences_per_second": round(len(train_loader.dataset) / (time.perf_counter() - started), 2)}
+                  "steps": steps, "seconds": round(time.perf_counter() - started, 2),
+                  "sequences_per_second": round(len(train_loader.dataset) / train_seconds, 2)}
         history.append(record)
         log(f"epoch {epoch}: loss {record['train_loss']:.3f}, dev WER {100 * details.wer:.1f}%")
-        state = {"config": asdict(config), "vocabulary": run.vocabulary, "input_dims": dims,
-                 "model": model.state_dict(), "epoch": epoch, "history": history}
-        if details.wer < best:
-            best = details.wer
-            save_checkpoint(run.out / "best.pt", **state, best_dev_wer=best)
-        save_checkpoint(last, **state, best_dev_wer=best, optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), torch_rng=torch.get_rng_state(),
-                        loader_rng=train_loader.generator.get_state())
-        with (run.out / "log.jsonl").open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        draw_curves(history, run.out / "curves.png")
+        rng_states = distributed.gather_dict({rank: torch.get_rng_state()})
+        if main:
+            state = {"config": asdict(config), "vocabulary": run.vocabulary, "input_dims": dims,
+                     "model": model.state_dict(), "epoch": epoch, "history": history}
+            if details.wer < best:
+                save_checkpoint(run.out / "best.pt", **state, best_dev_wer=details.wer)
+            save_checkpoint(last, **state, best_dev_wer=min(best, details.wer), optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), torch_rng=[rng_states[r] for r in range(world_size)])
+            write_logs(history, run.out)
+        best = min(best, details.wer)
+        distributed.barrier()
     return {"best_dev_wer": best, "epochs": len(history), "checkpoint": str(run.out / "best.pt")}
+
+
+def write_logs(history: list[dict], out: Path) -> None:
+    """The epoch records as log.jsonl and log.csv, and the curves as curves.png."""
+    with (out / "log.jsonl").open("w") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in history)
+    columns = list(dict.fromkeys(key for record in history for key in record))
+    with (out / "log.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(history)
+    draw_curves(history, out / "curves.png")
 
 
 def draw_curves(history: list[dict], path: Path) -> None:

@@ -36,7 +36,6 @@ Inference (``recognize``, never reads labels):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -45,6 +44,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from cslr_pipe.training.diffusion import DiffusionConfig, GaussianDiffusion
 from cslr_pipe.training.models.ctc import CTCBaseline, CTCConfig, join_streams
+from cslr_pipe.training.models.layers import ctc_loss, padding_mask, sinusoidal
 
 Conditions = tuple[torch.Tensor, torch.Tensor]  # memory [B, S, H], key padding mask [B, S] (True = padding)
 
@@ -68,13 +68,6 @@ class ACDRConfig:
         if not (0.0 <= self.mask_ratio < 1.0 and 0.0 <= self.condition_dropout <= 1.0):
             raise ValueError(f"need 0 <= mask_ratio < 1 and 0 <= condition_dropout <= 1, "
                              f"got {self.mask_ratio}, {self.condition_dropout}")
-
-
-def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embeddings [..., dim] of positions or timesteps [...]."""
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, device=positions.device) / (dim // 2))
-    angles = positions.float().unsqueeze(-1) * freqs
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 def cross_attending(c: ACDRConfig, layers: int) -> nn.TransformerDecoder:
@@ -153,12 +146,11 @@ class ACDRRecognizer(nn.Module):
         self.conditions = GlossConditions(c, base.num_classes)
         self.encoder = NoisingEncoder(c)
         self.decoder = DenoisingDecoder(c)
-        self.ctc = nn.CTCLoss(blank=0, zero_infinity=True)
 
     def represent(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Base representations h [B, T', H], lengths [B] and the padding mask [B, T'] (True = padding)."""
         h, lengths = self.base.encode(*join_streams(batch, self.streams))
-        return h, lengths, torch.arange(h.shape[1], device=h.device) >= lengths[:, None]
+        return h, lengths, padding_mask(lengths, h.shape[1])
 
     def refine(self, h: torch.Tensor, pad: torch.Tensor, conditions: Conditions, t: torch.Tensor,
                noise: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,8 +165,7 @@ class ACDRRecognizer(nn.Module):
         return x0_hat * scale, rec
 
     def ctc_loss(self, h: torch.Tensor, lengths: torch.Tensor, batch: dict) -> torch.Tensor:
-        log_probs = self.base.classifier(h).float().log_softmax(-1)
-        return self.ctc(log_probs.transpose(0, 1), batch["labels"], lengths, batch["label_lengths"])
+        return ctc_loss(self.base.classifier(h).float().log_softmax(-1), lengths, batch)
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         c = self.config

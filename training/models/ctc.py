@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from cslr_pipe.training.models.layers import ctc_loss
+
 
 @dataclass
 class CTCConfig:
@@ -21,7 +23,7 @@ class CTCConfig:
     hidden: int = 512
     lstm_layers: int = 2
     dropout: float = 0.2
-    num_classes: int = 2  # vocabulary size including the blank
+    num_classes: int = 2  # vocabulary size including the blank; 0 = no classifier (an encoder)
 
 
 class TemporalConv(nn.Module):
@@ -53,7 +55,7 @@ class CTCBaseline(nn.Module):
         self.lstm = nn.LSTM(config.hidden, config.hidden // 2, num_layers=config.lstm_layers,
                             bidirectional=True, batch_first=True, dropout=config.dropout)
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(config.hidden, config.num_classes)
+        self.classifier = nn.Linear(config.hidden, config.num_classes) if config.num_classes else None
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sequence representations [B, T', H] and their lengths [B] (before the classifier)."""
@@ -89,16 +91,13 @@ class CTCRecognizer(nn.Module):
         super().__init__()
         self.streams = list(streams)
         self.net = CTCBaseline(config)
-        self.ctc = nn.CTCLoss(blank=0, zero_infinity=True)
 
     def recognize(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         x, lengths = join_streams(batch, self.streams)
         return self.net(x, lengths)
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        log_probs, lengths = self.recognize(batch)
-        loss = self.ctc(log_probs.float().transpose(0, 1), batch["labels"], lengths, batch["label_lengths"])
-        return {"loss": loss}
+        return {"loss": ctc_loss(*self.recognize(batch), batch)}
 
     forward = losses
 

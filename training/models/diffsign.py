@@ -1,0 +1,350 @@
+"""DiffSign: continuous sign language recognition as diffusion-based gloss generation.
+
+Follows "DiffSign" (../shared/papers/diffsign-diffusion-cslr.md, sections 3-4). A video's features are
+encoded to V [B, N, D]; the label to a fixed-length gloss feature sequence G [B, N', D]; a DiT generates
+G' from noise conditioned on V, and a transformer decoder turns G' into CTC log-probs.
+
+* :class:`GlossEncoder` (the paper uses a module derived from mBART; this compact transformer is the
+  documented substitute): the label is laid out on N' = ``gloss_tokens`` slots as
+  ``[g1, sep, g2, sep, ..., gL, sep, pad, ...]`` (a label holds at most N'/2 glosses), embedded, with
+  learned positions, through ``gloss_layers`` transformer layers and a LayerNorm without affine
+  parameters, so every token has zero mean and unit variance, the scale a diffusion model expects.
+  The separators keep repeated glosses ("A A") apart for CTC.
+* The visual encoder is the baseline's temporal convolutions + BiLSTM (:class:`CTCBaseline` without a
+  classifier) over the cached features.
+* :class:`Decoder`: ``decoder_layers`` (4) transformer layers + a linear classifier, with CTC (blank 0).
+* :class:`DiT`: ``dit_layers`` (12) blocks of self-attention over the gloss tokens and MLP, both under
+  adaLN-Zero modulation by the timestep embedding plus pooled V (Peebles & Xie), and cross-attention
+  from the tokens to V. It predicts the noise.
+* The diffusion process is :class:`GaussianDiffusion` (Eq. 1-2): linear betas, T = ``num_steps``,
+  ``beta_end`` 0.02 by default (the paper's 0.99 empties alpha_bar within the first 15 % of the chain,
+  see :mod:`cslr_pipe.training.diffusion`; ``beta_end=0.99`` gives the paper's values), and the paper's
+  ancestral variance Sigma = beta_t I (``variance_type="fixed_large"``).
+
+Training runs in the paper's two stages (``phases``): **stage1** trains the visual encoder, the gloss
+encoder and the decoder with L_CTC = CTC(decoder(V)) + CTC(decoder(G)) ("visual features directly fed
+into the decoder", Table 4's first row; the shared decoder puts V and G in one space). **stage2**
+freezes them (in eval mode) and trains the DiT with
+
+    L = L_CTC + L_RSM + L_GFE + gamma L_DDM                                             (Eq. 8)
+
+* L_DDM: the noise-prediction MSE at a uniform timestep.
+* The sampling losses run the reverse chain with gradients from noise in ``train_sampling_steps`` DDIM
+  steps (the paper's chain has T steps, too long to backpropagate through). With the trajectory
+  G'_1..G'_k and weights delta linear from ``delta_start`` (1e-4, the noisiest state) to ``delta_end``
+  (0.01), scaled by T / k so they sum to what the paper's T weights sum to:
+  L_RSM = sum_i delta_i CTC(decoder(G'_i)) (Eq. 6); L_CTC = CTC(decoder(G'_k)), the generated result.
+* L_GFE (Eq. 7), per sampling step: M = cosine similarity between the last block's cross-attention
+  queries (one per gloss token) and keys (one per visual embedding). Each valid visual embedding j is an
+  anchor; if its best token reaches ``tau`` (0.15) that token is its positive and the loss is the
+  InfoNCE term -log softmax_i(M_ij / temperature)[positive]; otherwise it is a transition with no
+  positive and the loss log(1 + sum_i exp(M_ij / temperature)) pushes it away from every token. The
+  per-step mean over anchors is weighted by the same delta. (Eq. 7 writes one log around the weighted
+  sum over steps and anchors; the weighted sum of per-anchor terms is the usual reading and keeps one
+  easy anchor from masking the others.)
+* ``use_rsm`` / ``use_gfe`` switch L_RSM and L_GFE off for ablations.
+
+Inference (``recognize``): before stage 2 has started, the decoder on V (stage 1's visual path); after,
+V -> G' sampled from N(0, I) with DDIM in ``sampling_steps`` steps (eta 0, deterministic) or, with
+``sampling_steps=0``, the full T-step ancestral DDPM chain -> decoder -> CTC log-probs over the N' slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from cslr_pipe.training.diffusion import DiffusionConfig, GaussianDiffusion
+from cslr_pipe.training.models.ctc import CTCBaseline, CTCConfig, join_streams
+from cslr_pipe.training.models.layers import ctc_loss, padding_mask, sinusoidal
+
+PHASES = ("stage1", "stage2")
+
+
+@dataclass
+class DiffSignConfig:
+    hidden: int = 512                 # D
+    lstm_layers: int = 2              # visual encoder
+    dropout: float = 0.1
+    heads: int = 8
+    gloss_tokens: int = 64            # N'
+    gloss_layers: int = 2             # gloss encoder
+    decoder_layers: int = 4           # the paper's decoder
+    dit_layers: int = 12              # the paper's DiT
+    num_steps: int = 1000             # T
+    beta_end: float = 0.02            # 0.99 = the paper's schedule (see the module docstring)
+    prediction: str = "epsilon"       # what the DiT predicts: "epsilon" (the paper) or "x0"
+    gamma: float = 10.0               # weight of L_DDM
+    delta_start: float = 1e-4         # delta of the noisiest sampling state (Eq. 6-7)
+    delta_end: float = 0.01
+    tau: float = 0.15                 # GFE similarity threshold
+    temperature: float = 0.1          # GFE logits = cosine / temperature
+    train_sampling_steps: int = 4     # DDIM steps run with gradients for L_CTC, L_RSM, L_GFE
+    sampling_steps: int = 10          # DDIM steps at inference; 0 = the full DDPM chain
+    stage1_fraction: float = 0.4      # the paper: 40 of 100 epochs
+    use_rsm: bool = True
+    use_gfe: bool = True
+
+    def __post_init__(self):
+        if self.gloss_tokens < 2 or not 0 <= self.stage1_fraction <= 1:
+            raise ValueError("need gloss_tokens >= 2 and 0 <= stage1_fraction <= 1")
+        if not 1 <= self.train_sampling_steps <= self.num_steps or not 0 <= self.sampling_steps <= self.num_steps:
+            raise ValueError(f"sampling steps must be in 1..{self.num_steps} (0 = full DDPM at inference)")
+
+
+def encoder_layers(c: DiffSignConfig, layers: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(c.hidden, c.heads, 4 * c.hidden, c.dropout, batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(c.hidden), enable_nested_tensor=False)
+
+
+class GlossEncoder(nn.Module):
+    """Labels -> G [B, N', D]: glosses and separators on N' slots, zero mean and unit variance per token."""
+
+    def __init__(self, c: DiffSignConfig, num_classes: int):
+        super().__init__()
+        self.slots = c.gloss_tokens
+        self.embed = nn.Embedding(num_classes + 2, c.hidden)  # + separator, padding
+        self.separator, self.pad = num_classes, num_classes + 1
+        self.position = nn.Parameter(0.02 * torch.randn(1, c.gloss_tokens, c.hidden))
+        self.layers = encoder_layers(c, c.gloss_layers)
+        self.norm = nn.LayerNorm(c.hidden, elementwise_affine=False)
+
+    def layout(self, labels: torch.Tensor, label_lengths: torch.Tensor, ids: list[str]) -> torch.Tensor:
+        """Token ids [B, N']: ``g1 sep g2 sep ... gL sep pad ...``."""
+        tokens = torch.full((len(label_lengths), self.slots), self.pad, dtype=torch.long, device=labels.device)
+        for b, (glosses, video_id) in enumerate(zip(labels.split(label_lengths.tolist()), ids)):
+            if 2 * len(glosses) > self.slots:
+                raise ValueError(f"{video_id}: {len(glosses)} glosses do not fit gloss_tokens={self.slots} "
+                                 f"(at most {self.slots // 2}); raise the model option gloss_tokens")
+            tokens[b, 0:2 * len(glosses):2] = glosses
+            tokens[b, 1:2 * len(glosses):2] = self.separator
+        return tokens
+
+    def forward(self, labels: torch.Tensor, label_lengths: torch.Tensor, ids: list[str]) -> torch.Tensor:
+        tokens = self.layout(labels, label_lengths, ids)
+        return self.norm(self.layers(self.embed(tokens) + self.position))
+
+
+class Decoder(nn.Module):
+    """Token features [B, S, D] (V, G or G') -> CTC log-probs [B, S, C]."""
+
+    def __init__(self, c: DiffSignConfig, num_classes: int):
+        super().__init__()
+        self.layers = encoder_layers(c, c.decoder_layers)
+        self.classifier = nn.Linear(c.hidden, num_classes)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier(self.layers(x, src_key_padding_mask=pad)).float().log_softmax(-1)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from gloss tokens to V; also returns the query-key cosine similarity M."""
+
+    def __init__(self, c: DiffSignConfig):
+        super().__init__()
+        self.heads = c.heads
+        self.q, self.k, self.v, self.out = (nn.Linear(c.hidden, c.hidden) for _ in range(4))
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor):
+        q, k, v = self.q(x), self.k(memory), self.v(memory)
+        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731  (B, heads, S, d)
+        mask = ~memory_pad[:, None, None, :]
+        attended = nn.functional.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
+        similarity = nn.functional.normalize(q.float(), dim=-1) @ nn.functional.normalize(k.float(), dim=-1).transpose(1, 2)
+        return self.out(attended.transpose(1, 2).flatten(2)), similarity  # (B, N', D), (B, N', N)
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero self-attention and MLP (DiT), with cross-attention to V in between."""
+
+    def __init__(self, c: DiffSignConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(c.hidden, elementwise_affine=False, eps=1e-6)
+        self.attn = nn.MultiheadAttention(c.hidden, c.heads, dropout=c.dropout, batch_first=True)
+        self.norm_cross = nn.LayerNorm(c.hidden)
+        self.cross = CrossAttention(c)
+        self.norm2 = nn.LayerNorm(c.hidden, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(c.hidden, 4 * c.hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(4 * c.hidden, c.hidden))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(c.hidden, 6 * c.hidden))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x, cond, memory, memory_pad):
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond).chunk(6, dim=-1)
+        h = modulate(self.norm1(x), shift1, scale1)
+        x = x + gate1[:, None] * self.attn(h, h, h, need_weights=False)[0]
+        attended, similarity = self.cross(self.norm_cross(x), memory, memory_pad)
+        x = x + attended
+        x = x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x, similarity
+
+
+class DiT(nn.Module):
+    """(G_t [B, N', D], t [B], V, V's padding mask) -> the prediction (noise or G), last cross-attention
+    similarity."""
+
+    def __init__(self, c: DiffSignConfig):
+        super().__init__()
+        self.position = nn.Parameter(0.02 * torch.randn(1, c.gloss_tokens, c.hidden))
+        self.time = nn.Sequential(nn.Linear(c.hidden, c.hidden), nn.SiLU(), nn.Linear(c.hidden, c.hidden))
+        self.pooled = nn.Linear(c.hidden, c.hidden)
+        self.blocks = nn.ModuleList(DiTBlock(c) for _ in range(c.dit_layers))
+        self.final_norm = nn.LayerNorm(c.hidden, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(c.hidden, 2 * c.hidden))
+        self.final = nn.Linear(c.hidden, c.hidden)
+        for layer in (self.final_ada[1], self.final):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x, t, memory, memory_pad):
+        valid = (~memory_pad).unsqueeze(-1).to(memory.dtype)
+        pooled = (memory * valid).sum(1) / valid.sum(1).clamp(min=1)
+        cond = self.time(sinusoidal(t, x.shape[-1])) + self.pooled(pooled)
+        x = x + self.position
+        similarity = None
+        for block in self.blocks:
+            x, similarity = block(x, cond, memory, memory_pad)
+        shift, scale = self.final_ada(cond).chunk(2, dim=-1)
+        return self.final(modulate(self.final_norm(x), shift, scale)), similarity
+
+
+def gloss_contrastive_loss(similarity: torch.Tensor, memory_pad: torch.Tensor, tau: float,
+                           temperature: float) -> torch.Tensor:
+    """GFE term of one sampling step: mean over valid visual anchors (see the module docstring).
+
+    ``similarity`` [B, N', N] (tokens x embeddings), ``memory_pad`` [B, N] True on padding.
+    """
+    logits = similarity.transpose(1, 2) / temperature  # (B, N, N') anchors x tokens
+    best, positive = similarity.transpose(1, 2).max(-1)
+    normaliser = logits.logsumexp(-1)
+    matched = normaliser - logits.gather(-1, positive.unsqueeze(-1)).squeeze(-1)
+    transition = nn.functional.softplus(normaliser)  # log(1 + sum_i exp(logit_i))
+    per_anchor = torch.where(best >= tau, matched, transition)
+    valid = (~memory_pad).float()
+    return (per_anchor * valid).sum() / valid.sum().clamp(min=1)
+
+
+class DiffSignRecognizer(nn.Module):
+    """DiffSign with the trainer's interface: ``phases``/``set_phase``, ``losses``, ``recognize``."""
+
+    def __init__(self, streams: list[str], input_dim: int, num_classes: int, c: DiffSignConfig):
+        super().__init__()
+        self.streams, self.config = list(streams), c
+        self.visual = CTCBaseline(CTCConfig(input_dim=input_dim, hidden=c.hidden, lstm_layers=c.lstm_layers,
+                                            dropout=c.dropout, num_classes=0))
+        self.gloss = GlossEncoder(c, num_classes)
+        self.decoder = Decoder(c, num_classes)
+        self.dit = DiT(c)
+        self.diffusion = GaussianDiffusion(DiffusionConfig(num_steps=c.num_steps, beta_end=c.beta_end,
+                                                           prediction=c.prediction, variance_type="fixed_large"))
+        self.register_buffer("generating", torch.tensor(False))  # saved: which path recognize takes
+        self.set_phase("stage1")
+
+    # ---------------------------------------------------------------- phases
+    def phases(self, epochs: int) -> list[tuple[str, int]]:
+        first = round(self.config.stage1_fraction * epochs)
+        return [("stage1", first), ("stage2", epochs - first)]
+
+    def set_phase(self, name: str) -> None:
+        """stage1: visual encoder, gloss encoder, decoder learn; stage2: only the DiT learns."""
+        if name not in PHASES:
+            raise ValueError(f"unknown phase {name!r}; DiffSign has {', '.join(PHASES)}")
+        self.generating.fill_(name == "stage2")
+        for module in (self.visual, self.gloss, self.decoder):
+            module.requires_grad_(name == "stage1")
+        self.dit.requires_grad_(name == "stage2")
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.generating:  # frozen in stage 2: no dropout, BatchNorm statistics stay
+            for module in (self.visual, self.gloss, self.decoder):
+                module.eval()
+        return self
+
+    # ---------------------------------------------------------------- pieces
+    def encode_video(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """V [B, N, D] and its padding mask [B, N] (True = padding)."""
+        v, lengths = self.visual.encode(*join_streams(batch, self.streams))
+        return v, padding_mask(lengths, v.shape[1])
+
+    def generate(self, v: torch.Tensor, v_pad: torch.Tensor, steps: int | None,
+                 keep_trajectory: bool = False):
+        """G' from noise conditioned on V: DDIM in ``steps`` steps, or the full DDPM chain (None).
+
+        With ``keep_trajectory``: (trajectory of states, cross-attention similarity of every step).
+        """
+        shape = (v.shape[0], self.config.gloss_tokens, self.config.hidden)
+        similarities = []
+
+        def denoise(x, t):
+            eps, similarity = self.dit(x.to(v.dtype), t, v, v_pad)
+            similarities.append(similarity)
+            return eps
+
+        result = self.diffusion.sample(denoise, shape, steps=steps, device=v.device,
+                                       return_trajectory=keep_trajectory)
+        return (result[1], similarities) if keep_trajectory else result
+
+    def step_weights(self) -> torch.Tensor:
+        c = self.config
+        k = c.train_sampling_steps
+        return self.diffusion.step_weights(c.delta_start, c.delta_end, steps=k) * (c.num_steps / k)
+
+    # ---------------------------------------------------------------- trainer interface
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        v, v_pad = self.encode_video(batch)
+        if not self.generating:
+            g = self.gloss(batch["labels"], batch["label_lengths"], batch["ids"])
+            full = torch.full_like(batch["label_lengths"], g.shape[1])
+            visual = ctc_loss(self.decoder(v, v_pad), (~v_pad).sum(1), batch)
+            gloss = ctc_loss(self.decoder(g), full, batch)
+            return {"loss": visual + gloss, "ctc_visual": visual, "ctc_gloss": gloss}
+        c = self.config
+        with torch.no_grad():
+            g = self.gloss(batch["labels"], batch["label_lengths"], batch["ids"])
+        t, noise, g_t = self.diffusion.training_targets(g)
+        target = self.diffusion.prediction_target(g, noise)
+        ddm = nn.functional.mse_loss(self.dit(g_t.to(v.dtype), t, v, v_pad)[0].float(), target)
+        trajectory, similarities = self.generate(v, v_pad, c.train_sampling_steps, keep_trajectory=True)
+        weights = self.step_weights().to(v.device)
+        full = torch.full_like(batch["label_lengths"], c.gloss_tokens)
+        step_ctc = [ctc_loss(self.decoder(state.to(v.dtype)), full, batch) for state in trajectory]
+        losses = {"ctc": step_ctc[-1], "ddm": ddm}
+        losses["rsm"] = sum(w * l for w, l in zip(weights, step_ctc)) if c.use_rsm else ddm.new_zeros(())
+        losses["gfe"] = (sum(w * gloss_contrastive_loss(s, v_pad, c.tau, c.temperature)
+                             for w, s in zip(weights, similarities)) if c.use_gfe else ddm.new_zeros(()))
+        losses["loss"] = losses["ctc"] + losses["rsm"] + losses["gfe"] + c.gamma * ddm
+        return losses
+
+    forward = losses  # DistributedDataParallel calls forward
+
+    def recognize(self, batch: dict, sampling_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """CTC log-probs and lengths; ``sampling_steps`` overrides the config (0 = full DDPM)."""
+        v, v_pad = self.encode_video(batch)
+        if not self.generating:
+            return self.decoder(v, v_pad), (~v_pad).sum(1)
+        steps = self.config.sampling_steps if sampling_steps is None else sampling_steps
+        g = self.generate(v, v_pad, steps or None)
+        return self.decoder(g.to(v.dtype)), torch.full((v.shape[0],), g.shape[1], device=v.device)
+
+
+def build_diffsign(config, input_dims: dict[str, int], num_classes: int) -> DiffSignRecognizer:
+    known = {f.name for f in fields(DiffSignConfig)}
+    unknown = sorted(set(config.model_options) - known)
+    if unknown:
+        raise ValueError(f"unknown diffsign option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return DiffSignRecognizer(config.streams, sum(input_dims[s] for s in config.streams), num_classes,
+                              DiffSignConfig(**config.model_options))
+
+
+# The paper's optimisation (section 4.1): Adam, lr 1e-4, weight decay 1e-4, batch 2, 40 + 60 epochs,
+# lr x 0.2 at epochs 20 and 35 of stage 1 and 30 and 50 of stage 2 (fractions 0.5, 0.85 of each stage).
+TRAIN_DEFAULTS = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-4, "batch_size": 2, "epochs": 100,
+                  "lr_schedule": "step", "lr_milestones": [0.5, 0.85], "lr_gamma": 0.2}
