@@ -9,7 +9,8 @@ to ``RUN_DIR/log.jsonl`` and the curves to ``RUN_DIR/curves.png``. A model is a 
 
 A model may train in phases (DiffSign: stage 1, then stage 2 with parts frozen): it then has
 ``phases(epochs) -> [(name, epochs), ...]`` and ``set_phase(name)``, and every phase gets a fresh
-optimiser and learning-rate schedule over the parameters that still require gradients.
+optimiser and learning-rate schedule over the parameters that still require gradients; ``best.pt``
+is the checkpoint with the lowest dev WER within the last phase.
 """
 
 from __future__ import annotations
@@ -288,6 +289,8 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
             if saved is not None and phase_of(phases, saved["epoch"])[0] == name:
                 optimizer.load_state_dict(saved["optimizer"])
                 scheduler.load_state_dict(saved["scheduler"])
+            else:
+                best = float("inf")  # best.pt holds the best model of the last phase
             # DDP syncs the parameters that require gradients when it is built: rebuild per phase
             step_model = model if world_size == 1 else torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[local_rank] if device.startswith("cuda") else None)

@@ -1,0 +1,202 @@
+"""DiffSign: gloss layout, phases, the GFE loss against its formula, sampling with an oracle denoiser,
+learning in both stages, and training through the trainer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cslr_pipe.training.decoding import greedy_decode
+from cslr_pipe.training.models.diffsign import gloss_contrastive_loss
+from cslr_pipe.training.trainer import Run, TrainConfig, build_model, load_model, train
+
+NUM_CLASSES, DIM = 5, 16
+SMALL = dict(hidden=32, heads=4, gloss_layers=1, decoder_layers=2, dit_layers=2, gloss_tokens=12,
+             dropout=0.0, train_sampling_steps=3, sampling_steps=4)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: threads only add overhead on a busy 2-core machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(**options):
+    torch.manual_seed(0)
+    config = TrainConfig.for_model("diffsign", streams=["f"], model_options={**SMALL, **options})
+    return build_model(config, {"f": DIM}, NUM_CLASSES)
+
+
+def make_batch(n=4, seed=0):
+    """Gloss-specific directions held for 10 steps, separated by noise."""
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(size=(NUM_CLASSES, DIM)).astype(np.float32)
+    items = []
+    for _ in range(n):
+        labels = rng.integers(1, NUM_CLASSES, size=rng.integers(2, 4))
+        parts = [rng.normal(0, 0.3, (4, DIM))]
+        for gloss in labels:
+            parts += [directions[gloss] + rng.normal(0, 0.3, (10, DIM)), rng.normal(0, 0.3, (3, DIM))]
+        items.append((np.concatenate(parts).astype(np.float32), labels))
+    lengths = torch.tensor([len(x) for x, _ in items])
+    x = torch.zeros(n, int(lengths.max()), DIM)
+    for b, (features, _) in enumerate(items):
+        x[b, :len(features)] = torch.from_numpy(features)
+    return {"ids": [f"s{i}" for i in range(n)], "inputs": {"f": x}, "lengths": lengths,
+            "stream_lengths": {"f": lengths},
+            "labels": torch.from_numpy(np.concatenate([labels for _, labels in items])).long(),
+            "label_lengths": torch.tensor([len(labels) for _, labels in items])}
+
+
+def references(batch):
+    return [t.tolist() for t in batch["labels"].split(batch["label_lengths"].tolist())]
+
+
+def test_gloss_layout_separates_repeats_and_rejects_long_labels():
+    model = make_model()
+    labels, lengths = torch.tensor([2, 2, 3, 1]), torch.tensor([3, 1])
+    tokens = model.gloss.layout(labels, lengths, ["a", "b"])
+    sep, pad = NUM_CLASSES, NUM_CLASSES + 1
+    assert tokens.tolist() == [[2, sep, 2, sep, 3, sep] + [pad] * 6, [1, sep] + [pad] * 10]
+    g = model.gloss(labels, lengths, ["a", "b"])
+    torch.testing.assert_close(g.mean(-1), torch.zeros(2, 12), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="long-one: 7 glosses"):
+        model.gloss.layout(torch.ones(7, dtype=torch.long), torch.tensor([7]), ["long-one"])
+
+
+def test_phases_freeze_what_the_paper_freezes():
+    model = make_model(stage1_fraction=0.4)
+    assert model.phases(100) == [("stage1", 40), ("stage2", 60)]
+    model.set_phase("stage1")
+    assert all(p.requires_grad for p in model.visual.parameters())
+    assert not any(p.requires_grad for p in model.dit.parameters())
+    model.set_phase("stage2")
+    model.train()
+    assert not any(p.requires_grad for m in (model.visual, model.gloss, model.decoder) for p in m.parameters())
+    assert all(p.requires_grad for p in model.dit.parameters())
+    assert model.dit.training and not model.visual.training and not model.decoder.training
+    with pytest.raises(ValueError, match="unknown phase"):
+        model.set_phase("stage3")
+
+
+def test_gloss_contrastive_loss_matches_its_formula():
+    torch.manual_seed(1)
+    similarity = torch.rand(2, 3, 4) * 2 - 1  # (B, tokens, anchors)
+    similarity[0, :, 1] = torch.tensor([0.1, 0.05, -0.3])  # below tau: a transition
+    pad = torch.tensor([[False, False, False, False], [False, False, True, True]])
+    tau, temperature = 0.15, 0.1
+    terms = []
+    for b in range(2):
+        for j in range(4):
+            if pad[b, j]:
+                continue
+            s = similarity[b, :, j] / temperature
+            if similarity[b, :, j].max() >= tau:
+                terms.append(-torch.log_softmax(s, 0)[similarity[b, :, j].argmax()])
+            else:
+                terms.append(torch.log(1 + s.exp().sum()))
+    expected = torch.stack(terms).mean()
+    torch.testing.assert_close(gloss_contrastive_loss(similarity, pad, tau, temperature), expected)
+
+
+def test_step_weights_carry_the_papers_total_weight():
+    model = make_model(train_sampling_steps=4, num_steps=1000)
+    weights = model.step_weights()
+    assert weights[0] < weights[-1]
+    full_chain = torch.linspace(1e-4, 0.01, 1000, dtype=torch.float64).sum()
+    assert float(weights.sum()) == pytest.approx(float(full_chain), rel=1e-5)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "x0"])
+def test_sampling_with_an_oracle_denoiser_recovers_the_labels(prediction):
+    """With a denoiser that knows G, DDIM ends exactly on G, and the decoder reads the labels."""
+    model = make_model(prediction=prediction)
+    batch = make_batch()
+    model.set_phase("stage1")
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(150):  # the decoder learns to read G
+        loss = model(batch)["ctc_gloss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        g = model.gloss(batch["labels"], batch["label_lengths"], batch["ids"])
+
+    def oracle(x_t, t, memory, memory_pad):
+        if prediction == "x0":
+            return g, None
+        return model.diffusion.predict_eps_from_x0(x_t, t, g), None
+
+    model.dit.forward = oracle
+    model.set_phase("stage2")
+    model.eval()
+    with torch.no_grad():
+        v, v_pad = model.encode_video(batch)
+        torch.testing.assert_close(model.generate(v, v_pad, steps=4), g, atol=1e-4, rtol=0)
+        log_probs, lengths = model.recognize({k: val for k, val in batch.items() if k != "labels"})
+    assert lengths.tolist() == [12] * 4
+    assert greedy_decode(log_probs, lengths) == references(batch)
+
+
+def test_both_stages_learn_on_a_tiny_batch():
+    model = make_model()
+    batch = make_batch()
+    model.set_phase("stage1")
+    model.train()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(150):
+        losses = model(batch)
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        assert greedy_decode(*model.recognize(batch)) == references(batch)  # the visual path
+
+    model.set_phase("stage2")
+    model.train()
+    torch.manual_seed(1)  # the same timesteps and noise before and after
+    before = {k: float(v.detach()) for k, v in model(batch).items()}
+    assert set(before) == {"loss", "ctc", "rsm", "gfe", "ddm"}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    frozen = [p.clone() for p in model.decoder.parameters()]
+    for _ in range(60):
+        losses = model(batch)
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+    torch.manual_seed(1)
+    after = {k: float(v.detach()) for k, v in model(batch).items()}
+    assert after["loss"] < 0.5 * before["loss"] and after["ctc"] < 0.5 * before["ctc"]
+    assert all(torch.equal(a, b) for a, b in zip(frozen, model.decoder.parameters()))
+
+
+def test_ablation_switches_turn_losses_off():
+    model = make_model(use_rsm=False, use_gfe=False)
+    model.set_phase("stage2")
+    losses = model(make_batch(2))
+    assert float(losses["rsm"]) == 0 and float(losses["gfe"]) == 0
+    with pytest.raises(ValueError, match="unknown diffsign option"):
+        make_model(dit_depth=3)
+
+
+def test_trainer_runs_both_stages_and_reloads(feature_corpus, tmp_path):
+    vocabulary = json.loads((feature_corpus / "manifest.vocab.json").read_text())
+    run = Run(feature_corpus / "manifest.jsonl", vocabulary, feature_corpus / "cache", tmp_path / "run")
+    config = TrainConfig.for_model("diffsign", streams=["features.rgb"], epochs=2, batch_size=8, lr=1e-3,
+                                   model_options={**SMALL, "stage1_fraction": 0.5})
+    assert config.optimizer == "adam" and config.lr_schedule == "step"  # the paper's defaults stay
+    logged = []
+    train(config, run, log=logged.append)
+    assert "phase stage1: epochs 0-0" in logged and "phase stage2: epochs 1-1" in logged
+    history = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [h["phase"] for h in history] == ["stage1", "stage2"]
+    assert "train_ddm" in history[1] and "train_ctc_gloss" in history[0]
+    model, state = load_model(tmp_path / "run" / "best.pt")
+    assert bool(model.generating) and state["epoch"] == 1  # best of the last phase
