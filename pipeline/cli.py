@@ -401,6 +401,11 @@ def load_vocabulary_for(manifest: Path, vocab: Path | None, rows) -> list[str]:
 @click.option("--beam-width", type=click.IntRange(min=1), default=1, show_default=True,
               help="CTC decoding for evaluation: 1 = greedy, more = prefix beam search.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--rescale", type=(float, float), default=None, metavar="LO HI",
+              help="Temporal rescaling augmentation: resample each training video by a factor in [LO, HI] "
+                   "(e.g. 0.5 1.5) [default: off].")
+@click.option("--feature-dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Zero this fraction of feature channels of each training video [default: 0].")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
               help="Model option, repeatable (e.g. hidden=256).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
@@ -409,7 +414,8 @@ def load_vocabulary_for(manifest: Path, vocab: Path | None, rows) -> list[str]:
 @device_option
 @handle_errors
 def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, vocab: Path | None,
-          epochs: int | None, batch_size: int | None, lr: float | None, seed: int, beam_width: int, num_workers: int,
+          epochs: int | None, batch_size: int | None, lr: float | None, seed: int, beam_width: int,
+          num_workers: int, rescale: tuple[float, float] | None, feature_dropout: float | None,
           model_options: tuple[str, ...], resume: bool, stop_after: int | None, device: str) -> None:
     """Train MODEL (ctc, diffsign, acdr) on cached streams; keeps the best dev checkpoint, writes curves."""
     from cslr_pipe.training.trainer import Run, TrainConfig, train as run_training
@@ -418,6 +424,7 @@ def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, 
     config = TrainConfig.for_model(model, streams=[s.strip() for s in streams.split(",") if s.strip()],
                                    epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                                    beam_width=beam_width, num_workers=num_workers,
+                                   rescale=list(rescale) if rescale else None, feature_dropout=feature_dropout,
                                    model_options=parse_options(model_options) or None)
     run = Run(manifest=manifest, vocabulary=load_vocabulary_for(manifest, vocab, rows), cache=cache_dir, out=out)
     summary = run_training(config, run, resume=resume, log=click.echo, stop_after=stop_after)
@@ -436,15 +443,17 @@ def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, 
               help="Score after the official PHOENIX cleanup of hypotheses and references.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where hypotheses and CTM/STM files go [default: beside the checkpoint].")
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
+              help="Inference option, repeatable (e.g. sampling_steps=0 for DiffSign's full DDPM chain).")
 @device_option
 @handle_errors
 def evaluate_command(checkpoint: Path, manifest: Path, cache_dir: Path, split: str, beam_width: int | None,
-                     phoenix: str | None, out: Path | None, device: str) -> None:
+                     phoenix: str | None, out: Path | None, model_options: tuple[str, ...], device: str) -> None:
     """Word error rate of a trained model on a split, with substitution/deletion/insertion rates."""
     from cslr_pipe.training.evaluation import evaluate_checkpoint
 
     report_lines = evaluate_checkpoint(checkpoint, manifest, cache_dir, split, beam_width, phoenix,
-                                       out or checkpoint.parent, device)
+                                       out or checkpoint.parent, device, parse_options(model_options))
     for line in report_lines:
         click.echo(line)
 

@@ -16,10 +16,15 @@ from cslr_pipe.training.trainer import evaluate, load_model, pick_device
 
 def evaluate_checkpoint(checkpoint: Path, manifest: Path, cache: Path, split: str = "test",
                         beam_width: int | None = None, phoenix: str | None = None,
-                        out: Path | None = None, device: str = "auto") -> list[str]:
-    """Decode ``split``, write hypotheses (JSON Lines) and CTM/STM files, return report lines."""
+                        out: Path | None = None, device: str = "auto",
+                        model_options: dict | None = None) -> list[str]:
+    """Decode ``split``, write hypotheses (JSON Lines) and CTM/STM files, return report lines.
+
+    ``model_options`` override inference options of the trained model (e.g. DiffSign's
+    ``sampling_steps``: 0 = full DDPM); they join the output file names.
+    """
     device = pick_device(device)
-    model, state = load_model(checkpoint, device)
+    model, state = load_model(checkpoint, device, model_options)
     vocabulary, streams = state["vocabulary"], state["config"]["streams"]
     beam_width = beam_width or state["config"]["beam_width"]
     dataset = CachedSequenceDataset(cache, manifest, vocabulary, streams, split=split)
@@ -29,7 +34,7 @@ def evaluate_checkpoint(checkpoint: Path, manifest: Path, cache: Path, split: st
     if phoenix:
         details = score_phoenix([refs[i] for i in ids], [hyps[i] for i in ids], phoenix)
     out = Path(out or checkpoint.parent)
-    stem = f"{split}-{checkpoint.stem}"
+    stem = "-".join([split, checkpoint.stem, *(f"{k}={v}" for k, v in sorted((model_options or {}).items()))])
     atomic_write_text(out / f"{stem}.hyp.jsonl", "".join(
         json.dumps({"id": i, "hypothesis": hyps[i], "reference": refs[i]}, ensure_ascii=False) + "\n"
         for i in ids))

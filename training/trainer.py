@@ -357,10 +357,13 @@ def draw_curves(history: list[dict], path: Path) -> None:
                          line_plot(wer, 480, 120, "dev WER % per epoch")]), path)
 
 
-def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """A trained model from a checkpoint (weights_only), and the checkpoint's contents."""
+def load_model(checkpoint: str | Path, device: str = "cpu",
+               model_options: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """A trained model from a checkpoint (weights_only), and the checkpoint's contents;
+    ``model_options`` override the trained ones (inference settings, not shapes)."""
     state = load_checkpoint(checkpoint, device)
     config = TrainConfig.from_dict(state["config"])
+    config.model_options = {**config.model_options, **(model_options or {})}
     model = build_model(config, state["input_dims"], len(state["vocabulary"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state
