@@ -102,7 +102,7 @@ def test_signing_speed_varies(corpus):
             for name, start, end in segments:
                 durations[name].append(end - start)
     spread = [max(d) / min(d) for d in durations.values() if len(d) >= 5]
-    assert spread and min(spread) >= 1.3
+    assert spread and min(spread) > 1 and np.median(spread) >= 1.5  # one gloss, many durations
     assert max(spread) <= 2.7 + 1e-9  # 0.6x .. 1.6x of the base (rounded)
 
 
