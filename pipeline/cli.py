@@ -418,6 +418,7 @@ def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, 
           num_workers: int, rescale: tuple[float, float] | None, feature_dropout: float | None,
           model_options: tuple[str, ...], resume: bool, stop_after: int | None, device: str) -> None:
     """Train MODEL (ctc, diffsign, acdr) on cached streams; keeps the best dev checkpoint, writes curves."""
+    from cslr_pipe.training import distributed
     from cslr_pipe.training.trainer import Run, TrainConfig, train as run_training
 
     rows, _ = read_rows(manifest)
@@ -427,7 +428,13 @@ def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, 
                                    rescale=list(rescale) if rescale else None, feature_dropout=feature_dropout,
                                    model_options=parse_options(model_options) or None)
     run = Run(manifest=manifest, vocabulary=load_vocabulary_for(manifest, vocab, rows), cache=cache_dir, out=out)
-    summary = run_training(config, run, resume=resume, log=click.echo, stop_after=stop_after)
+    try:
+        summary = run_training(config, run, resume=resume, log=click.echo, stop_after=stop_after)
+        main_process = distributed.is_main()
+    finally:
+        distributed.cleanup()  # under torchrun
+    if not main_process:
+        return
     click.echo(f"best dev WER {100 * summary['best_dev_wer']:.1f}%: {summary['checkpoint']}; "
                f"curves in {out / 'curves.png'}")
 
