@@ -11,6 +11,7 @@ import torch
 
 from cslr_pipe.training.decoding import greedy_decode
 from cslr_pipe.training.models.diffsign import gloss_contrastive_loss
+from cslr_pipe.training.models.layers import sinusoidal
 from cslr_pipe.training.trainer import Run, TrainConfig, build_model, load_model, train
 
 NUM_CLASSES, DIM = 5, 16
@@ -200,3 +201,17 @@ def test_trainer_runs_both_stages_and_reloads(feature_corpus, tmp_path):
     assert "train_ddm" in history[1] and "train_ctc_gloss" in history[0]
     model, state = load_model(tmp_path / "run" / "best.pt")
     assert bool(model.generating) and state["epoch"] == 1  # best of the last phase
+
+
+def test_ordinal_keys_place_frames_at_their_gloss_slot():
+    model = make_model(ordinal_keys=True)
+    model.eval()
+    frames = [1, 1, 0, 2, 2, 2, 0, 0]  # argmax labels of 8 frames: gloss, gloss, blank, gloss x3, blank
+    log_probs = torch.full((1, 8, NUM_CLASSES), -30.0)
+    log_probs[0, torch.arange(8), torch.tensor(frames)] = 0.0
+    model.decoder.forward = lambda v, pad=None: log_probs
+    v, pad = torch.zeros(1, 8, SMALL["hidden"]), torch.zeros(1, 8, dtype=torch.bool)
+    slots = torch.tensor([[0.0, 0, 0, 2, 2, 2, 2, 2]])  # 2 (ordinal - 1): the layout's g1 and g2 slots
+    expected = sinusoidal(slots, SMALL["hidden"])
+    torch.testing.assert_close(model.condition(v, pad), expected, atol=1e-4, rtol=0)
+    assert make_model().condition(v, pad) is v  # off by default: the paper's DiT sees V alone

@@ -86,6 +86,7 @@ class DiffSignConfig:
     stage1_fraction: float = 0.4      # the paper: 40 of 100 epochs
     use_rsm: bool = True
     use_gfe: bool = True
+    ordinal_keys: bool = False        # not in the paper: tell the DiT which gloss each frame of V is
 
     def __post_init__(self):
         if self.gloss_tokens < 2 or not 0 <= self.stage1_fraction <= 1:
@@ -193,6 +194,8 @@ class DiT(nn.Module):
     def __init__(self, c: DiffSignConfig):
         super().__init__()
         self.position = nn.Parameter(0.02 * torch.randn(1, c.gloss_tokens, c.hidden))
+        if c.ordinal_keys:  # slot s meets the frames whose expected slot 2 (ordinal - 1) is s
+            self.position.data += sinusoidal(torch.arange(c.gloss_tokens), c.hidden)
         self.time = nn.Sequential(nn.Linear(c.hidden, c.hidden), nn.SiLU(), nn.Linear(c.hidden, c.hidden))
         self.pooled = nn.Linear(c.hidden, c.hidden)
         self.blocks = nn.ModuleList(DiTBlock(c) for _ in range(c.dit_layers))
@@ -274,6 +277,21 @@ class DiffSignRecognizer(nn.Module):
         v, lengths = self.visual.encode(*join_streams(batch, self.streams))
         return v, padding_mask(lengths, v.shape[1])
 
+    def condition(self, v: torch.Tensor, v_pad: torch.Tensor) -> torch.Tensor:
+        """What the DiT attends to: V, plus with ``ordinal_keys`` an encoding of each frame's gloss slot.
+
+        The frozen decoder reads V (stage 1's path); the expected number of gloss onsets up to frame
+        j, o_j = sum_{i<=j} sum_c p_c(i) (1 - p_c(i-1)) over non-blank c, places frame j at slot
+        2 (o_j - 1) of the layout, whose sinusoidal encoding is added to V.
+        """
+        if not self.config.ordinal_keys:
+            return v
+        with torch.no_grad():
+            p = self.decoder(v, v_pad).exp()[..., 1:]
+            onset = (p * (1 - nn.functional.pad(p, (0, 0, 1, 0))[:, :-1])).sum(-1).masked_fill(v_pad, 0)
+            slot = 2 * (onset.cumsum(1) - 1)
+        return v + sinusoidal(slot, v.shape[-1]).to(v.dtype)
+
     def generate(self, v: torch.Tensor, v_pad: torch.Tensor, steps: int | None,
                  keep_trajectory: bool = False):
         """G' from noise conditioned on V: DDIM in ``steps`` steps, or the full DDPM chain (None).
@@ -307,6 +325,7 @@ class DiffSignRecognizer(nn.Module):
             gloss = ctc_loss(self.decoder(g), full, batch)
             return {"loss": visual + gloss, "ctc_visual": visual, "ctc_gloss": gloss}
         c = self.config
+        v = self.condition(v, v_pad)
         with torch.no_grad():
             g = self.gloss(batch["labels"], batch["label_lengths"], batch["ids"])
         t, noise, g_t = self.diffusion.training_targets(g)
@@ -331,7 +350,7 @@ class DiffSignRecognizer(nn.Module):
         if not self.generating:
             return self.decoder(v, v_pad), (~v_pad).sum(1)
         steps = self.config.sampling_steps if sampling_steps is None else sampling_steps
-        g = self.generate(v, v_pad, steps or None)
+        g = self.generate(self.condition(v, v_pad), v_pad, steps or None)
         return self.decoder(g.to(v.dtype)), torch.full((v.shape[0],), g.shape[1], device=v.device)
 
 
