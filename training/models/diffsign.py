@@ -34,14 +34,14 @@ freezes them (in eval mode) and trains the DiT with
   G'_1..G'_k and weights delta linear from ``delta_start`` (1e-4, the noisiest state) to ``delta_end``
   (0.01), scaled by T / k so they sum to what the paper's T weights sum to:
   L_RSM = sum_i delta_i CTC(decoder(G'_i)) (Eq. 6); L_CTC = CTC(decoder(G'_k)), the generated result.
-* L_GFE (Eq. 7), per sampling step: M = cosine similarity between the last block's cross-attention
-  queries (one per gloss token) and keys (one per visual embedding). Each valid visual embedding j is an
-  anchor; if its best token reaches ``tau`` (0.15) that token is its positive and the loss is the
-  InfoNCE term -log softmax_i(M_ij / temperature)[positive]; otherwise it is a transition with no
-  positive and the loss log(1 + sum_i exp(M_ij / temperature)) pushes it away from every token. The
-  per-step mean over anchors is weighted by the same delta. (Eq. 7 writes one log around the weighted
-  sum over steps and anchors; the weighted sum of per-anchor terms is the usual reading and keeps one
-  easy anchor from masking the others.)
+* L_GFE (Eq. 7), per sampling step: M = the last block's cross-attention logits (q . k / sqrt(d) per
+  head, averaged over heads), tokens x visual embeddings. Each valid visual embedding j is an anchor;
+  if its attention over the tokens, softmax_i(M_ij), reaches ``tau`` (0.15) for its best token, that
+  token is its positive and the loss is the InfoNCE term -log softmax_i(M_ij)[positive]; otherwise it
+  is a transition with no positive and the loss log(1 + sum_i exp(M_ij)) pushes it away from every
+  token. The per-step mean over anchors is weighted by the same delta. (Eq. 7 writes one log around
+  the weighted sum over steps and anchors; the weighted sum of per-anchor terms is the usual reading
+  and keeps one easy anchor from masking the others.)
 * ``use_rsm`` / ``use_gfe`` switch L_RSM and L_GFE off for ablations.
 
 Inference (``recognize``): before stage 2 has started, the decoder on V (stage 1's visual path); after,
@@ -79,8 +79,7 @@ class DiffSignConfig:
     gamma: float = 10.0               # weight of L_DDM
     delta_start: float = 1e-4         # delta of the noisiest sampling state (Eq. 6-7)
     delta_end: float = 0.01
-    tau: float = 0.15                 # GFE similarity threshold
-    temperature: float = 0.1          # GFE logits = cosine / temperature
+    tau: float = 0.15                 # GFE threshold on an embedding's attention to its best token
     train_sampling_steps: int = 4     # DDIM steps run with gradients for L_CTC, L_RSM, L_GFE
     sampling_steps: int = 10          # DDIM steps at inference; 0 = the full DDPM chain
     stage1_fraction: float = 0.4      # the paper: 40 of 100 epochs
@@ -145,7 +144,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention from gloss tokens to V; also returns the query-key cosine similarity M."""
+    """Multi-head attention from gloss tokens to V; also returns its logits averaged over heads, M."""
 
     def __init__(self, c: DiffSignConfig):
         super().__init__()
@@ -157,8 +156,9 @@ class CrossAttention(nn.Module):
         split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731  (B, heads, S, d)
         mask = ~memory_pad[:, None, None, :]
         attended = nn.functional.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
-        similarity = nn.functional.normalize(q.float(), dim=-1) @ nn.functional.normalize(k.float(), dim=-1).transpose(1, 2)
-        return self.out(attended.transpose(1, 2).flatten(2)), similarity  # (B, N', D), (B, N', N)
+        head_dim = q.shape[-1] // self.heads
+        logits = q.float() @ k.float().transpose(1, 2) / (self.heads * head_dim ** 0.5)
+        return self.out(attended.transpose(1, 2).flatten(2)), logits  # (B, N', D), (B, N', N)
 
 
 class DiTBlock(nn.Module):
@@ -218,18 +218,17 @@ class DiT(nn.Module):
         return self.final(modulate(self.final_norm(x), shift, scale)), similarity
 
 
-def gloss_contrastive_loss(similarity: torch.Tensor, memory_pad: torch.Tensor, tau: float,
-                           temperature: float) -> torch.Tensor:
+def gloss_contrastive_loss(logits: torch.Tensor, memory_pad: torch.Tensor, tau: float) -> torch.Tensor:
     """GFE term of one sampling step: mean over valid visual anchors (see the module docstring).
 
-    ``similarity`` [B, N', N] (tokens x embeddings), ``memory_pad`` [B, N] True on padding.
+    ``logits`` [B, N', N] (tokens x embeddings), ``memory_pad`` [B, N] True on padding.
     """
-    logits = similarity.transpose(1, 2) / temperature  # (B, N, N') anchors x tokens
-    best, positive = similarity.transpose(1, 2).max(-1)
+    logits = logits.transpose(1, 2)  # (B, N, N') anchors x tokens
     normaliser = logits.logsumexp(-1)
-    matched = normaliser - logits.gather(-1, positive.unsqueeze(-1)).squeeze(-1)
+    best, positive = logits.max(-1)
+    matched = normaliser - best  # -log softmax at the best token
     transition = nn.functional.softplus(normaliser)  # log(1 + sum_i exp(logit_i))
-    per_anchor = torch.where(best >= tau, matched, transition)
+    per_anchor = torch.where((best - normaliser).exp() >= tau, matched, transition)
     valid = (~memory_pad).float()
     return (per_anchor * valid).sum() / valid.sum().clamp(min=1)
 
@@ -337,7 +336,7 @@ class DiffSignRecognizer(nn.Module):
         step_ctc = [ctc_loss(self.decoder(state.to(v.dtype)), full, batch) for state in trajectory]
         losses = {"ctc": step_ctc[-1], "ddm": ddm}
         losses["rsm"] = sum(w * l for w, l in zip(weights, step_ctc)) if c.use_rsm else ddm.new_zeros(())
-        losses["gfe"] = (sum(w * gloss_contrastive_loss(s, v_pad, c.tau, c.temperature)
+        losses["gfe"] = (sum(w * gloss_contrastive_loss(s, v_pad, c.tau)
                              for w, s in zip(weights, similarities)) if c.use_gfe else ddm.new_zeros(()))
         losses["loss"] = losses["ctc"] + losses["rsm"] + losses["gfe"] + c.gamma * ddm
         return losses
