@@ -406,6 +406,8 @@ def load_vocabulary_for(manifest: Path, vocab: Path | None, rows) -> list[str]:
                    "(e.g. 0.5 1.5) [default: off].")
 @click.option("--feature-dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Zero this fraction of feature channels of each training video [default: 0].")
+@click.option("--fusion", type=click.Choice(["mlp", "conv", "attention", "none"]), default=None,
+              help="How the fusion model joins its streams (= --model-option fusion=...) [default: mlp].")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
               help="Model option, repeatable (e.g. hidden=256).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
@@ -416,17 +418,22 @@ def load_vocabulary_for(manifest: Path, vocab: Path | None, rows) -> list[str]:
 def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, vocab: Path | None,
           epochs: int | None, batch_size: int | None, lr: float | None, seed: int, beam_width: int,
           num_workers: int, rescale: tuple[float, float] | None, feature_dropout: float | None,
-          model_options: tuple[str, ...], resume: bool, stop_after: int | None, device: str) -> None:
-    """Train MODEL (ctc, diffsign, acdr) on cached streams; keeps the best dev checkpoint, writes curves."""
+          fusion: str | None, model_options: tuple[str, ...], resume: bool, stop_after: int | None,
+          device: str) -> None:
+    """Train MODEL (ctc, diffsign, acdr, fusion, twostream) on cached streams; keeps the best dev
+    checkpoint, writes curves."""
     from cslr_pipe.training import distributed
     from cslr_pipe.training.trainer import Run, TrainConfig, train as run_training
 
+    if fusion and model != "fusion":
+        fail_usage(f"--fusion applies to the fusion model, not {model}")
+    options = {**parse_options(model_options), **({"fusion": fusion} if fusion else {})}
     rows, _ = read_rows(manifest)
     config = TrainConfig.for_model(model, streams=[s.strip() for s in streams.split(",") if s.strip()],
                                    epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                                    beam_width=beam_width, num_workers=num_workers,
                                    rescale=list(rescale) if rescale else None, feature_dropout=feature_dropout,
-                                   model_options=parse_options(model_options) or None)
+                                   model_options=options or None)
     run = Run(manifest=manifest, vocabulary=load_vocabulary_for(manifest, vocab, rows), cache=cache_dir, out=out)
     try:
         summary = run_training(config, run, resume=resume, log=click.echo, stop_after=stop_after)
@@ -499,12 +506,14 @@ def inspect(video_id: str, manifest: Path, cache_dir: Path | None, root: Path | 
               help="Number of synthetic videos.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Workers of the local dask cluster.")
+@click.option("--fusion", type=click.Choice(["mlp", "conv", "attention"]), default=None,
+              help="Train the multi-stream fusion model with this method instead of the CTC baseline.")
 @handle_errors
-def demo(out: Path, videos: int, workers: int) -> None:
+def demo(out: Path, videos: int, workers: int, fusion: str | None) -> None:
     """Offline end-to-end run on a generated corpus, on embedded defaults (minutes on 2 CPUs)."""
     from cslr_pipe.pipeline.demo import run_demo
 
-    report(run_demo(out, videos, workers, echo=click.echo))
+    report(run_demo(out, videos, workers, echo=click.echo, fusion=fusion))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,12 @@ def demo_workflow_path() -> Path:
 
 
 def run_demo(out: Path, num_videos: int = 48, workers: int = 2,
-             echo: Callable[[str], None] = print) -> list[ShardResult]:
-    """Generate the corpus under OUT/corpus, run every stage into OUT/cache, print a summary."""
+             echo: Callable[[str], None] = print, fusion: str | None = None) -> list[ShardResult]:
+    """Generate the corpus under OUT/corpus, run every stage into OUT/cache, print a summary.
+
+    ``fusion`` (mlp, conv, attention): train the multi-stream fusion model on the workflow's streams
+    instead of the workflow's model.
+    """
     out = Path(out).resolve()
     start = time.perf_counter()
     manifest = make_corpus(out / "corpus", CorpusSpec(num_videos=num_videos))
@@ -33,6 +37,9 @@ def run_demo(out: Path, num_videos: int = 48, workers: int = 2,
     echo(f"corpus: {len(rows)} synthetic videos, manifest {manifest}")
     workflow = load_workflow(demo_workflow_path())
     workflow.cluster = {**workflow.cluster, "kind": "local", "n_workers": workers}
+    if fusion and workflow.train:
+        options = {**workflow.train.get("model_options", {}), "fusion": fusion}
+        workflow.train = {**workflow.train, "model": "fusion", "model_options": options}
     options = RunOptions(out=out / "cache", root=manifest.parent, shard_size=workflow.shard_size,
                          compression=workflow.compression, device=workflow.device, progress=False)
     results = run_workflow(workflow, rows, options)

@@ -48,3 +48,13 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(feature_corpus, tmp
     assert parts["epoch"] == whole["epoch"] == 3
     for name, tensor in whole["model"].items():
         torch.testing.assert_close(parts["model"][name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_cli_fusion_flag(feature_corpus, tmp_path):
+    common = ["--manifest", str(feature_corpus / "manifest.jsonl"), "--cache", str(feature_corpus / "cache"),
+              "--epochs", "1", "--device", "cpu", "--model-option", "hidden=16"]
+    result = CliRunner().invoke(main, ["train", "ctc", "--fusion", "conv", "--out", str(tmp_path / "a"), *common])
+    assert result.exit_code == 2 and "--fusion applies to the fusion model" in result.output
+    result = CliRunner().invoke(main, ["train", "fusion", "--fusion", "conv", "--out", str(tmp_path / "b"), *common])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "b" / "best.pt")["config"]["model_options"]["fusion"] == "conv"
