@@ -22,13 +22,7 @@ NUM_GLOSSES = 4  # ids 1..4, 0 is the blank
 DIM = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and far faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def sentence(rng: np.random.Generator, directions: np.ndarray, glosses: list[int]) -> np.ndarray:

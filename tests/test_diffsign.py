@@ -19,12 +19,7 @@ SMALL = dict(hidden=32, heads=4, gloss_layers=1, decoder_layers=2, dit_layers=2,
              dropout=0.0, train_sampling_steps=3, sampling_steps=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small models: threads only add overhead on a busy 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def make_model(**options):

@@ -27,13 +27,7 @@ SHAPES = {"features.rgb": (16,), "features.keypoint": (4, 3), "features.flow": (
 NUM_GLOSSES = 4  # ids 1..4, 0 is the blank
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and far faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def directions(stream: str) -> np.ndarray:
