@@ -46,6 +46,18 @@ def tiny_corpus(tmp_path: Path):
     return write_manifest_rows(tmp_path / "manifest.jsonl", rows), rows
 
 
+def write_feature_cache(root: Path, rows: list, arrays: dict[str, dict[str, np.ndarray]]) -> Path:
+    """Manifest, vocabulary and one committed float16 shard per stream: ``arrays[id][stream]``."""
+    write_manifest(rows, root / "manifest.jsonl")
+    write_vocabulary(build_vocabulary(rows), root / "manifest.vocab.json")
+    for stream in arrays[rows[0].id]:
+        with ShardWriter(root / "cache" / stream, 0, [r.id for r in rows], Provenance(stream, "test", {})) as writer:
+            for row in rows:
+                writer.write(row.id, {stream: arrays[row.id][stream].astype(np.float16)})
+            writer.commit()
+    return root
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models: one intra-op thread is fastest, and far faster than two on a busy machine."""
@@ -76,11 +88,4 @@ def feature_corpus(tmp_path_factory):
         split = "train" if i < 36 else "dev" if i < 42 else "test"
         rows.append(ManifestRow(f"s{i:02d}", split, f"v{i}.mp4", tuple(glosses)))
         arrays[rows[-1].id] = np.concatenate(parts).astype(np.float16)
-    write_manifest(rows, root / "manifest.jsonl")
-    write_vocabulary(build_vocabulary(rows), root / "manifest.vocab.json")
-    provenance = Provenance("features.rgb", "test", {})
-    with ShardWriter(root / "cache" / "features.rgb", 0, [r.id for r in rows], provenance) as writer:
-        for row in rows:
-            writer.write(row.id, {"features.rgb": arrays[row.id]})
-        writer.commit()
-    return root
+    return write_feature_cache(root, rows, {i: {"features.rgb": a} for i, a in arrays.items()})

@@ -12,8 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from cslr_pipe.features.store import Provenance, ShardWriter
-from cslr_pipe.pipeline.manifest import ManifestRow, build_vocabulary, write_manifest, write_vocabulary
+from cslr_pipe.pipeline.manifest import ManifestRow
 from cslr_pipe.training.data import collate_padded
 from cslr_pipe.training.decoding import greedy_decode
 from cslr_pipe.training.models.ctc import TemporalConv
@@ -21,6 +20,7 @@ from cslr_pipe.training.models.fusion import (AttentionFusion, ConvFusion, MLPFu
                                               build_fusion, ctc_forced_alignment, multi_positive_contrastive,
                                               segment_means)
 from cslr_pipe.training.trainer import Run, TrainConfig, load_checkpoint, load_model, train
+from conftest import write_feature_cache
 
 STREAMS = ["features.rgb", "features.keypoint", "features.flow"]
 SHAPES = {"features.rgb": (16,), "features.keypoint": (4, 3), "features.flow": (8,)}
@@ -296,14 +296,7 @@ def write_cache(root, streams=STREAMS, videos=16):
         rows.append(ManifestRow(f"s{i:02d}", "train" if i < 12 else "dev", f"v{i}.mp4",
                                 tuple(names[g - 1] for g in glosses)))
         arrays[rows[-1].id] = sentence(rng, glosses, streams)
-    write_manifest(rows, root / "manifest.jsonl")
-    write_vocabulary(build_vocabulary(rows), root / "manifest.vocab.json")
-    for stream in streams:
-        with ShardWriter(root / "cache" / stream, 0, [r.id for r in rows], Provenance(stream, "test", {})) as writer:
-            for row in rows:
-                writer.write(row.id, {stream: arrays[row.id][stream].astype(np.float16)})
-            writer.commit()
-    return root
+    return write_feature_cache(root, rows, arrays)
 
 
 def test_trains_three_streams_with_the_trainer_and_reloads(tmp_path):

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from cslr_pipe.features.store import Provenance, ShardWriter
-from cslr_pipe.pipeline.manifest import ManifestRow, build_vocabulary, write_manifest, write_vocabulary
+from cslr_pipe.pipeline.manifest import ManifestRow
 from cslr_pipe.training.data import collate_padded
 from cslr_pipe.training.decoding import greedy_decode
 from cslr_pipe.training.models.ctc import TemporalConv
 from cslr_pipe.training.models.twostream import build_twostream, ensemble_log_probs, self_distillation_loss
 from cslr_pipe.training.trainer import Run, TrainConfig, load_checkpoint, load_model, train
+from conftest import write_feature_cache
 
 STREAMS = ["features.rgb", "features.keypoint"]
 DIMS = {"features.rgb": 16, "features.keypoint": 12}
@@ -159,13 +159,7 @@ def test_trains_with_the_trainer_and_reloads(tmp_path):
         rows.append(ManifestRow(f"s{i:02d}", "train" if i < 12 else "dev", f"v{i}.mp4",
                                 tuple("ABCD"[g - 1] for g in glosses)))
         arrays[rows[-1].id] = sentence(rng, glosses)
-    write_manifest(rows, root / "manifest.jsonl")
-    write_vocabulary(build_vocabulary(rows), root / "manifest.vocab.json")
-    for stream in STREAMS:
-        with ShardWriter(root / "cache" / stream, 0, [r.id for r in rows], Provenance(stream, "test", {})) as writer:
-            for row in rows:
-                writer.write(row.id, {stream: arrays[row.id][stream].astype(np.float16)})
-            writer.commit()
+    write_feature_cache(root, rows, arrays)
     vocabulary = json.loads((root / "manifest.vocab.json").read_text())
     config = TrainConfig(model="twostream", streams=STREAMS, epochs=2, batch_size=4, lr=3e-3, device="cpu",
                          model_options={"hidden": 32, "aux_ctc": 0.5})
