@@ -389,7 +389,8 @@ def load_vocabulary_for(manifest: Path, vocab: Path | None, rows) -> list[str]:
 @click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--cache", "cache_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--streams", default="features.rgb", show_default=True,
-              help="Comma-separated cached streams the model reads (e.g. features.rgb,features.keypoint).")
+              help="Comma-separated cached streams the model reads: cache stages (features.rgb, keypoints) "
+                   "or short names of feature stages (rgb,keypoint,flow).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
 @click.option("--vocab", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Vocabulary [default: MANIFEST.vocab.json or vocabulary.json beside it].")

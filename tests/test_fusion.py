@@ -302,9 +302,10 @@ def write_cache(root, streams=STREAMS, videos=16):
 def test_trains_three_streams_with_the_trainer_and_reloads(tmp_path):
     root = write_cache(tmp_path / "corpus")
     vocabulary = json.loads((root / "manifest.vocab.json").read_text())
-    config = TrainConfig(model="fusion", streams=STREAMS, epochs=2, batch_size=4, lr=3e-3, device="cpu",
-                         model_options={"fusion": "attention", "hidden": 32, "heads": 4, "lstm_layers": 1,
-                                        "gloss_align": True, "sentence_align": True, "fusion_stages": [2, 3]})
+    options = {"fusion": "attention", "hidden": 32, "heads": 4, "lstm_layers": 1, "gloss_align": True,
+               "sentence_align": True, "fusion_stages": [2, 3]}
+    config = TrainConfig(model="fusion", streams=["rgb", "keypoint", "flow"], epochs=2, batch_size=4, lr=3e-3,
+                         device="cpu", model_options=options)
     summary = train(config, Run(root / "manifest.jsonl", vocabulary, root / "cache", tmp_path / "run"),
                     log=lambda _: None)
     assert summary["epochs"] == 2
@@ -312,7 +313,7 @@ def test_trains_three_streams_with_the_trainer_and_reloads(tmp_path):
     assert all(np.isfinite(h[f"train_{k}"]) for h in history for k in ("loss", "ctc", "gloss_align", "sentence_align"))
     net, state = load_model(tmp_path / "run" / "last.pt")
     assert not net.training and net.config.fusion == "attention" and net.config.fusion_stages == (2, 3)
-    assert net.streams == STREAMS
+    assert net.streams == STREAMS  # short names were resolved to the cache's feature stages
     saved = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     for name, tensor in net.state_dict().items():
         assert torch.equal(tensor, saved[name]), name

@@ -17,7 +17,7 @@ from cslr_pipe.pipeline.imports import import_features
 from cslr_pipe.pipeline.manifest import BLANK, ManifestRow, build_vocabulary, write_manifest
 from cslr_pipe.pipeline.runner import plan_shards
 from cslr_pipe.training.data import (Augmentation, CachedSequenceDataset, LengthBucketSampler,
-                                     collate_padded, rescale_time)
+                                     collate_padded, rescale_time, resolve_streams)
 
 DIM = 8
 
@@ -101,6 +101,12 @@ def test_unknown_stream(cache):
     root, rows, vocabulary = cache
     with pytest.raises(ValueError, match="features.pose"):
         CachedSequenceDataset(root, rows, vocabulary, ["features.pose"])
+
+
+def test_short_stream_names_resolve_to_feature_stages():
+    stages = ["keypoints", "flow", "features.rgb", "features.flow"]
+    assert resolve_streams(["rgb", "flow", "keypoints", "features.rgb", "keypoint"], stages) == \
+        ["features.rgb", "flow", "keypoints", "features.rgb", "keypoint"]  # a stage's own name wins
 
 
 def test_manifest_path_and_all_splits(cache, tmp_path):

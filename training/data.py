@@ -105,6 +105,14 @@ def rescale_time(x: np.ndarray, factor: float) -> np.ndarray:
     return x[below] * (1 - weight) + x[below + 1] * weight
 
 
+def resolve_streams(names: Sequence[str], stages: Sequence[str]) -> list[str]:
+    """Cache stages for stream names: a stage's own name, or a short name for a feature stage
+    (``rgb`` -> ``features.rgb``). A name that is neither is kept (the dataset reports it)."""
+    stages = set(stages)
+    return [name if name in stages or f"features.{name}" not in stages else f"features.{name}"
+            for name in names]
+
+
 class CachedSequenceDataset(torch.utils.data.Dataset):
     """Videos of one split with cached arrays for every requested stream, and gloss labels.
 

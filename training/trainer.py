@@ -19,7 +19,7 @@ import csv
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +28,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from cslr_pipe.training import distributed
-from cslr_pipe.training.data import Augmentation, CachedSequenceDataset, LengthBucketSampler, collate_padded
+from cslr_pipe.features.store import Cache
+from cslr_pipe.training.data import (Augmentation, CachedSequenceDataset, LengthBucketSampler, collate_padded,
+                                     resolve_streams)
 from cslr_pipe.training.decoding import beam_search_decode, greedy_decode
 from cslr_pipe.training.metrics import WERDetails, wer_details
 
@@ -260,6 +262,7 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
     log = log if main else (lambda _: None)
     if main:
         run.out.mkdir(parents=True, exist_ok=True)
+    config = replace(config, streams=resolve_streams(config.streams, Cache(run.cache).stages()))
     seed_everything(config.seed)
     train_loader = make_loader(run, config, "train", True, rank, world_size)
     dev_loader = make_loader(run, config, "dev", False, rank, world_size)
