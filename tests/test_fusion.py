@@ -134,6 +134,28 @@ def test_attention_fusion_follows_eq_5_7_and_masks_padded_keys():
         torch.testing.assert_close(o, f, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("make", [lambda gate: MLPFusion(3, 8, gate), lambda gate: ConvFusion(3, 8, 3, gate),
+                                  lambda gate: AttentionFusion(3, 8, 2, 0.0, gate)], ids=["mlp", "conv", "attention"])
+def test_gated_fusion_starts_as_the_identity_and_is_the_paper_sum_at_alpha_1(make):
+    feats, lengths = branch_features(), torch.tensor([7, 5])
+    torch.manual_seed(0)
+    plain = make(False).eval()
+    torch.manual_seed(0)
+    gated = make(True).eval()
+    for f, o in zip(feats, gated(feats, lengths)):
+        torch.testing.assert_close(o, f, rtol=0, atol=0)  # alpha = 0: the branches pass unchanged
+    sum(o.square().sum() for o in gated([f.requires_grad_() for f in feats], lengths)).backward()
+    assert gated.gate.alpha.grad.abs() > 0  # but alpha learns
+    with torch.no_grad():
+        gated.gate.alpha.fill_(1.0)
+    for o, expected in zip(gated(feats, lengths), plain(feats, lengths)):
+        torch.testing.assert_close(o, expected)  # same weights, alpha = 1: Eq. 1-7 exactly
+    with torch.no_grad():
+        gated.gate.alpha.fill_(0.5)
+    for f, o, p in zip(feats, gated(feats, lengths), plain(feats, lengths)):
+        torch.testing.assert_close(o, f + 0.5 * (p - f))
+
+
 def test_single_stream_has_no_fusion_and_runs():
     torch.manual_seed(0)
     net = model(streams=["features.rgb"], fusion="attention").eval()

@@ -68,6 +68,7 @@ MIN_LENGTH = 16  # the two K5-P2 blocks need T >= 16 to leave one step
 class FusionConfig:
     fusion: str = "mlp"               # mlp | conv | attention | none
     fusion_stages: tuple = (1, 2, 3)  # S1 input projection, S2 first block, S3 second block
+    gate: bool = True                 # fused term times a learned scalar that starts at 0; False = plain sum
     merge: str = "concat"             # branches into the sequence model: concat | sum
     hidden: int = 512
     lstm_layers: int = 2
@@ -79,6 +80,7 @@ class FusionConfig:
     lambda_gloss: float = 1.0
     lambda_sentence: float = 1.0
     temperature: float = 0.1          # alignment logits = cosine / temperature
+    branch_ctc: float = 0.0           # weight of each branch's auxiliary CTC after S3; 0 = off
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
@@ -97,6 +99,8 @@ class FusionConfig:
             raise ValueError(f"conv_kernel must be odd and positive, got {self.conv_kernel}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.branch_ctc < 0:
+            raise ValueError(f"branch_ctc must be >= 0, got {self.branch_ctc}")
 
 
 def checked_options(name: str, config_class, options: dict):
@@ -156,27 +160,40 @@ class StreamEncoder(nn.Module):
 
 # ---------------------------------------------------------------------------------------------- fusion
 
-class MLPFusion(nn.Module):
-    """Eq. 1-2: f^m = W2 GELU(W1 concat(f_s)); every branch gets f_s + f^m."""
+class Gate(nn.Module):
+    """The fused term's scale alpha (a scalar, 0 at initialisation) or the paper's plain sum (1)."""
 
-    def __init__(self, branches: int, hidden: int):
+    def __init__(self, learned: bool):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(())) if learned else None
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return fused if self.alpha is None else self.alpha * fused
+
+
+class MLPFusion(nn.Module):
+    """Eq. 1-2: f^m = W2 GELU(W1 concat(f_s)); every branch gets f_s + alpha f^m."""
+
+    def __init__(self, branches: int, hidden: int, gate: bool = False):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(branches * hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.gate = Gate(gate)
 
     def forward(self, feats: list[torch.Tensor], lengths: torch.Tensor) -> list[torch.Tensor]:
-        fused = self.mlp(torch.cat(feats, dim=-1))
+        fused = self.gate(self.mlp(torch.cat(feats, dim=-1)))  # (B, T, H)
         return [f + fused for f in feats]
 
 
 class ConvFusion(nn.Module):
-    """Eq. 3-4 on feature sequences: f^m = Conv1d(concat(f_s)) ('same' padding); f_s + f^m."""
+    """Eq. 3-4 on feature sequences: f^m = Conv1d(concat(f_s)) ('same' padding); f_s + alpha f^m."""
 
-    def __init__(self, branches: int, hidden: int, kernel: int):
+    def __init__(self, branches: int, hidden: int, kernel: int, gate: bool = False):
         super().__init__()
         self.conv = nn.Conv1d(branches * hidden, hidden, kernel, padding=kernel // 2)
+        self.gate = Gate(gate)
 
     def forward(self, feats: list[torch.Tensor], lengths: torch.Tensor) -> list[torch.Tensor]:
-        fused = self.conv(torch.cat(feats, dim=-1).transpose(1, 2)).transpose(1, 2)
+        fused = self.gate(self.conv(torch.cat(feats, dim=-1).transpose(1, 2)).transpose(1, 2))  # (B, T, H)
         return [f + fused for f in feats]
 
 
@@ -196,27 +213,28 @@ class CrossAttention(nn.Module):
 
 
 class AttentionFusion(nn.Module):
-    """Eq. 5-7: f_s' = f_s + sum over the other branches r of Attn(f_s, f_r)."""
+    """Eq. 5-7: f_s' = f_s + alpha sum over the other branches r of Attn(f_s, f_r)."""
 
-    def __init__(self, branches: int, hidden: int, heads: int, dropout: float):
+    def __init__(self, branches: int, hidden: int, heads: int, dropout: float, gate: bool = False):
         super().__init__()
         self.pairs = [(s, r) for s in range(branches) for r in range(branches) if r != s]
         self.attend = nn.ModuleList([CrossAttention(hidden, heads, dropout) for _ in self.pairs])
+        self.gate = Gate(gate)
 
     def forward(self, feats: list[torch.Tensor], lengths: torch.Tensor) -> list[torch.Tensor]:
         pad = padding_mask(lengths, feats[0].shape[1])
-        out = list(feats)
+        fused = [torch.zeros_like(f) for f in feats]
         for (s, r), attend in zip(self.pairs, self.attend):
-            out[s] = out[s] + attend(feats[s], feats[r], pad)
-        return out
+            fused[s] = fused[s] + attend(feats[s], feats[r], pad)  # (B, T, H)
+        return [f + self.gate(m) for f, m in zip(feats, fused)]
 
 
 def make_fusion(c: FusionConfig, branches: int) -> nn.Module:
     if c.fusion == "mlp":
-        return MLPFusion(branches, c.hidden)
+        return MLPFusion(branches, c.hidden, c.gate)
     if c.fusion == "conv":
-        return ConvFusion(branches, c.hidden, c.conv_kernel)
-    return AttentionFusion(branches, c.hidden, c.heads, c.dropout)
+        return ConvFusion(branches, c.hidden, c.conv_kernel, c.gate)
+    return AttentionFusion(branches, c.hidden, c.heads, c.dropout, c.gate)
 
 
 # ----------------------------------------------------------------------------------- alignment losses
@@ -367,10 +385,16 @@ class FusionRecognizer(nn.Module):
                             batch_first=True, dropout=c.dropout if c.lstm_layers > 1 else 0.0)
         self.dropout = nn.Dropout(c.dropout)
         self.classifier = nn.Linear(c.hidden, num_classes)
+        self.branch_classifiers = nn.ModuleList([nn.Linear(c.hidden, num_classes) for _ in self.streams]
+                                                if c.branch_ctc > 0 and len(self.streams) > 1 else [])
         self.alignment = TextAlignment(c, num_classes) if (c.gloss_align or c.sentence_align) else None
 
     def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The fused sequence h [B, T', H] (BiLSTM output, before the classifier) and its lengths [B]."""
+        return self.encode_branches(batch)[:2]
+
+    def encode_branches(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """h and its lengths as :meth:`encode`, and every branch's features after S3 [B, T', H]."""
         feats, lengths = align_streams(batch, self.streams)
         for k, valid in enumerate(stage_lengths(lengths)):
             feats = [branch.stage(k, f) for branch, f in zip(self.branches, feats)]
@@ -381,7 +405,7 @@ class FusionRecognizer(nn.Module):
         packed = pack_padded_sequence(merged, valid.cpu(), batch_first=True, enforce_sorted=False)
         h, _ = self.lstm(packed)
         h, _ = pad_packed_sequence(h, batch_first=True, total_length=int(valid.max()))
-        return self.dropout(h), valid
+        return self.dropout(h), valid, [f[:, :h.shape[1]] for f in feats]
 
     def recognize(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         h, lengths = self.encode(batch)
@@ -389,10 +413,15 @@ class FusionRecognizer(nn.Module):
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         c = self.config
-        h, lengths = self.encode(batch)
+        h, lengths, branches = self.encode_branches(batch)
         log_probs = self.classifier(h).float().log_softmax(-1)
         ctc = ctc_loss(log_probs, lengths, batch)
         losses = {"loss": ctc, "ctc": ctc}
+        if self.branch_classifiers:
+            branch = [ctc_loss(classify(self.dropout(f)).float().log_softmax(-1), lengths, batch)
+                      for classify, f in zip(self.branch_classifiers, branches)]
+            losses["branch_ctc"] = torch.stack(branch).mean()
+            losses["loss"] = losses["loss"] + c.branch_ctc * losses["branch_ctc"]
         if c.gloss_align:
             losses["gloss_align"] = self.alignment.gloss_loss(h, lengths, log_probs, batch)
             losses["loss"] = losses["loss"] + c.lambda_gloss * losses["gloss_align"]
