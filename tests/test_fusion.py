@@ -255,12 +255,19 @@ def test_recognize_shapes_padding_invariance_and_no_labels(fusion):
 
 def test_alignment_losses_are_finite_and_every_parameter_gets_a_gradient():
     torch.manual_seed(0)
-    net = model(fusion="mlp", gloss_align=True, sentence_align=True, lambda_gloss=0.5).train()
-    losses = net.losses(make_batch([[1, 2, 1], [4], [2, 3], [1, 2, 1]]))
-    assert set(losses) == {"loss", "ctc", "gloss_align", "sentence_align"}
+    net = model(fusion="mlp", gloss_align=True, sentence_align=True, lambda_gloss=0.5, branch_ctc=0.3).train()
+    batch = make_batch([[1, 2, 1], [4], [2, 3], [1, 2, 1]])
+    losses = net.losses(batch)
+    assert set(losses) == {"loss", "ctc", "gloss_align", "sentence_align", "branch_ctc"}
     for name, value in losses.items():
         assert torch.isfinite(value) and value > 0, name
-    torch.testing.assert_close(losses["loss"], losses["ctc"] + 0.5 * losses["gloss_align"] + losses["sentence_align"])
+    torch.testing.assert_close(losses["loss"], losses["ctc"] + 0.5 * losses["gloss_align"] + losses["sentence_align"]
+                               + 0.3 * losses["branch_ctc"])
+    _, lengths, branches = net.encode_branches(batch)  # branch_ctc: the mean of every branch's own CTC
+    per_branch = [nn.functional.ctc_loss(classify(f).log_softmax(-1).transpose(0, 1), batch["labels"], lengths,
+                                         batch["label_lengths"], zero_infinity=True)
+                  for classify, f in zip(net.branch_classifiers, branches)]
+    torch.testing.assert_close(losses["branch_ctc"], sum(per_branch) / 3)
     grads = torch.autograd.grad(losses["loss"], list(net.parameters()), allow_unused=True)
     names = [name for name, _ in net.named_parameters()]
     assert [n for n, g in zip(names, grads) if g is None] == []  # DistributedDataParallel needs that
