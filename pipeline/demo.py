@@ -18,28 +18,27 @@ from cslr_pipe.pipeline.synthetic import CorpusSpec, make_corpus
 PICTURES = 2  # videos drawn by `cslr-pipe inspect` at the end
 
 
-def demo_workflow_path() -> Path:
-    """The packaged workflows/demo.yaml."""
-    return Path(str(resources.files("cslr_pipe.workflows") / "demo.yaml"))
+def demo_workflow_path(fusion: bool = False) -> Path:
+    """The packaged workflows/demo.yaml, or demo-fusion.yaml (a flow feature stream, the fusion model)."""
+    return Path(str(resources.files("cslr_pipe.workflows") / ("demo-fusion.yaml" if fusion else "demo.yaml")))
 
 
 def run_demo(out: Path, num_videos: int = 48, workers: int = 2,
              echo: Callable[[str], None] = print, fusion: str | None = None) -> list[ShardResult]:
     """Generate the corpus under OUT/corpus, run every stage into OUT/cache, print a summary.
 
-    ``fusion`` (mlp, conv, attention): train the multi-stream fusion model on the workflow's streams
-    instead of the workflow's model.
+    ``fusion`` (mlp, conv, attention): run workflows/demo-fusion.yaml instead, which adds ResNet features
+    of the flow and trains the fusion model with this method on the rgb, keypoint and flow features.
     """
     out = Path(out).resolve()
     start = time.perf_counter()
     manifest = make_corpus(out / "corpus", CorpusSpec(num_videos=num_videos))
     rows = read_manifest(manifest)
     echo(f"corpus: {len(rows)} synthetic videos, manifest {manifest}")
-    workflow = load_workflow(demo_workflow_path())
+    workflow = load_workflow(demo_workflow_path(fusion=bool(fusion)))
     workflow.cluster = {**workflow.cluster, "kind": "local", "n_workers": workers}
-    if fusion and workflow.train:
-        options = {**workflow.train.get("model_options", {}), "fusion": fusion}
-        workflow.train = {**workflow.train, "model": "fusion", "model_options": options}
+    if fusion:
+        workflow.train = {**workflow.train, "model_options": {**workflow.train["model_options"], "fusion": fusion}}
     options = RunOptions(out=out / "cache", root=manifest.parent, shard_size=workflow.shard_size,
                          compression=workflow.compression, device=workflow.device, progress=False)
     results = run_workflow(workflow, rows, options)

@@ -81,6 +81,19 @@ def test_run_demo_workflow_on_a_local_cluster_with_two_workers(tiny_corpus, tmp_
     assert again.exit_code == 0 and "1 of 1 shards already complete" in again.output
 
 
+def test_demo_fusion_workflow_computes_every_stream_its_fusion_model_reads():
+    from cslr_pipe.pipeline.dag import ordered_stages
+    from cslr_pipe.training.trainer import TrainConfig
+
+    workflow = load_workflow(demo_workflow_path(fusion=True))
+    computed = [stage.name for stage, _ in ordered_stages(workflow)]
+    options = dict(workflow.train)
+    config = TrainConfig.for_model(options.pop("model"), **options)
+    assert config.model == "fusion" and config.model_options["fusion"] == "mlp"
+    assert config.streams == ["features.rgb", "features.keypoint", "features.flow"]
+    assert set(config.streams) <= set(computed) and computed.index("flow") < computed.index("features.flow")
+
+
 def test_slurm_template_makes_a_valid_job_script():
     pytest.importorskip("dask_jobqueue")
     from cslr_pipe.pipeline.dag import slurm_cluster
