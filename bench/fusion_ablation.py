@@ -1,7 +1,7 @@
 """The multi-stream fusion ablation of docs/benchmarks.md (after SignVTCL's supplementary Table 1).
 
     python bench/fusion_ablation.py --out runs/fusion-ablation [--videos 240] [--seeds 0,1]
-        [--rows flow,mlp,...] [--epochs 40] [--jobs 2]
+        [--rows flow,mlp,...] [--epochs 40] [--train-videos N] [--jobs 2]
 
 1. Renders the synthetic demo corpus (``make_corpus``, ``--videos`` videos, 70/15/15 % splits) under
    OUT/corpus, or reuses the one there.
@@ -9,7 +9,8 @@
    keypoints, DIS flow, and randomly initialised ResNet-18 features of the rgb frames, the keypoint
    heatmaps and the flow (complete shards are reused).
 3. Trains every row of :data:`ROWS` (``--rows`` picks some) for every seed into OUT/runs/ROW-sSEED
-   with the trainer (the checkpoint with the best dev WER is kept: dev selects, test is only
+   (OUT/runs-trainN/... with ``--train-videos N``: only the first N train videos, the same dev and
+   test; a low-resource setting on the same cache) with the trainer (the checkpoint with the best dev WER is kept: dev selects, test is only
    decoded), ``--jobs`` runs at a time, one torch thread each. A run whose result.json is there is
    not trained again.
 4. Prints the table: dev and test WER (mean over seeds, and each seed), and how far the best fused
@@ -73,7 +74,18 @@ def prepare(out: Path, videos: int) -> Path:
     return manifest
 
 
-def train_row(out: Path, manifest: Path, row: str, seed: int, epochs: int) -> dict:
+def low_resource_manifest(manifest: Path, train_videos: int) -> Path:
+    """A manifest beside ``manifest`` with its first ``train_videos`` train rows and every other row."""
+    from cslr_pipe.pipeline.manifest import read_manifest, write_manifest
+
+    rows = read_manifest(manifest)
+    train = [row for row in rows if row.split == "train"][:train_videos]
+    path = manifest.with_name(f"manifest-train{train_videos}.jsonl")
+    write_manifest(train + [row for row in rows if row.split != "train"], path)
+    return path
+
+
+def train_row(out: Path, manifest: Path, runs: str, row: str, seed: int, epochs: int) -> dict:
     """Train one row with one seed (in a worker process) and score its best checkpoint."""
     import torch
 
@@ -81,7 +93,7 @@ def train_row(out: Path, manifest: Path, row: str, seed: int, epochs: int) -> di
     from cslr_pipe.pipeline.manifest import read_vocabulary
     from cslr_pipe.training.trainer import Run, TrainConfig, train
 
-    run_dir = out / "runs" / f"{row}-s{seed}"
+    run_dir = out / runs / f"{row}-s{seed}"
     done = run_dir / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -145,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
     parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--train-videos", type=int, default=None,
+                        help="train on only the first N train videos (dev and test unchanged)")
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time")
     args = parser.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -154,10 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     out = args.out.resolve()
     manifest = prepare(out, args.videos)
+    runs = "runs"
+    if args.train_videos:
+        manifest, runs = low_resource_manifest(manifest, args.train_videos), f"runs-train{args.train_videos}"
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # the random-weights warning, once per worker
     jobs = [(row, seed) for row in rows for seed in seeds]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(train_row, out, manifest, row, seed, args.epochs): (row, seed) for row, seed in jobs}
+        futures = {pool.submit(train_row, out, manifest, runs, row, seed, args.epochs): (row, seed) for row, seed in jobs}
         results = []
         for future, (row, seed) in futures.items():
             result = future.result()
@@ -165,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"best epoch {result['best_epoch']}, {result['train_seconds']:.0f} s", flush=True)
             results.append(result)
     print("\n".join(table(results, rows)))
-    (out / "results.json").write_text(json.dumps({"command": " ".join(sys.argv), "results": results}, indent=1))
+    (out / runs / "results.json").write_text(json.dumps({"command": " ".join(sys.argv), "results": results}, indent=1))
     return 0
 
 
