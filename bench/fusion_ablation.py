@@ -9,14 +9,14 @@
    keypoints, DIS flow, and randomly initialised ResNet-18 features of the rgb frames, the keypoint
    heatmaps and the flow (complete shards are reused).
 3. Trains every row of :data:`ROWS` (``--rows`` picks some) for every seed into OUT/runs/ROW-sSEED
-   (OUT/runs-trainN/... with ``--train-videos N``: only the first N train videos, the same dev and
-   test; a low-resource setting on the same cache) with the trainer (the checkpoint with the best dev WER is kept: dev selects, test is only
-   decoded), ``--jobs`` runs at a time, one torch thread each. A run whose result.json is there is
-   not trained again.
+   with the trainer, ``--jobs`` runs at a time, one torch thread each. The checkpoint with the best
+   dev WER is kept: dev selects, test is only decoded. A run whose result.json is there is not
+   trained again. ``--train-videos N`` trains on the first N train videos only (same cache, dev and
+   test: a low-resource setting) into OUT/runs-trainN/.
 4. Prints the table: dev and test WER (mean over seeds, and each seed), and how far the best fused
-   row is from the best single stream on test, the number the issue asks about.
+   row is from the best single stream on test.
 
-On 2 CPU cores a 40-epoch run takes 5-8 minutes; stages 1-2 on 240 videos about 25 minutes.
+On 2 CPU cores a 40-epoch run on 168 videos takes 1-6 minutes; stages 1-2 on 240 videos about 25 minutes.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from statistics import mean
 COMMON = {"batch_size": 4, "lr": 3e-3}
 OPTIONS = {"hidden": 128}
 ALL = ["features.rgb", "features.keypoint", "features.flow"]
-# name -> (model, streams, model options); "single" rows are the one-stream baselines
+# name -> (model, streams, model options); the SINGLE rows are the one-stream baselines
 ROWS: dict[str, tuple[str, list[str], dict]] = {
     "rgb": ("fusion", ["features.rgb"], {}),
     "keypoint": ("fusion", ["features.keypoint"], {}),
