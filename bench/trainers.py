@@ -82,11 +82,11 @@ def known_models() -> set[str]:
     return set(MODELS)
 
 
-def config_for(model: str, args) -> TrainConfig:
+def config_for(model: str, args, seed: int) -> TrainConfig:
     settings = copy.deepcopy(SETTINGS.get(model, DEFAULT_SETTINGS))
     if args.epochs is not None:
         settings["epochs"] = args.epochs
-    return TrainConfig.for_model(model, streams=[STREAM], seed=args.seed, device=args.device,
+    return TrainConfig.for_model(model, streams=[STREAM], seed=seed, device=args.device,
                                  beam_width=args.beam_width, **settings)
 
 
@@ -102,9 +102,9 @@ def score(checkpoint: Path, manifest: Path, cache: Path, split: str, device: str
     return details.wer, len(dataset)
 
 
-def run_model(model: str, args, manifest: Path, vocabulary: list[str], num_train: int) -> dict:
-    config = config_for(model, args)
-    out = args.out / model
+def run_model(model: str, seed: int, args, manifest: Path, vocabulary: list[str], num_train: int) -> dict:
+    config = config_for(model, args, seed)
+    out = args.out / f"{model}-seed{seed}"
     if out.exists():
         shutil.rmtree(out)
     log = print if args.verbose else (lambda _: None)
@@ -118,7 +118,7 @@ def run_model(model: str, args, manifest: Path, vocabulary: list[str], num_train
     test_wer, _ = score(checkpoint, manifest, args.out / "corpus" / "cache", "test", device, args.beam_width)
     history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     best_epoch = min(history, key=lambda h: h["dev_wer"])["epoch"]
-    return {"model": model, "status": "ok", "dev_wer": dev_wer, "test_wer": test_wer,
+    return {"model": model, "seed": seed, "status": "ok", "dev_wer": dev_wer, "test_wer": test_wer,
             "train_seconds": round(seconds, 1),
             "sequences_per_second": round(num_train * summary["epochs"] / seconds, 1),
             "epochs": summary["epochs"], "best_epoch": best_epoch, "checkpoint": str(checkpoint),
@@ -126,15 +126,22 @@ def run_model(model: str, args, manifest: Path, vocabulary: list[str], num_train
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| model | dev WER | test WER | train s | sequences/s | epochs | best epoch |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    """One row per run, then per model over its seeds: mean and spread (sample standard deviation)."""
+    lines = ["| model | seed | dev WER | test WER | train s | sequences/s | epochs | best epoch |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if r["status"] != "ok":
-            lines.append(f"| {r['model']} | {r['status']}: {r['error']} | | | | | |")
+            lines.append(f"| {r['model']} | {r.get('seed', '')} | {r['status']}: {r['error']} | | | | | |")
             continue
-        lines.append(f"| {r['model']} | {100 * r['dev_wer']:.1f}% | {100 * r['test_wer']:.1f}% | "
+        lines.append(f"| {r['model']} | {r['seed']} | {100 * r['dev_wer']:.1f}% | {100 * r['test_wer']:.1f}% | "
                      f"{r['train_seconds']:.0f} | {r['sequences_per_second']:.0f} | {r['epochs']} | "
                      f"{r['best_epoch']} |")
+    for model in dict.fromkeys(r["model"] for r in results):
+        done = [r for r in results if r["model"] == model and r["status"] == "ok"]
+        if len(done) > 1:
+            dev, test = (100 * np.array([r[k] for r in done]) for k in ("dev_wer", "test_wer"))
+            lines.append(f"| {model} | mean of {len(done)} | {dev.mean():.1f} ± {dev.std(ddof=1):.1f}% | "
+                         f"{test.mean():.1f} ± {test.std(ddof=1):.1f}% | | | | |")
     return "\n".join(lines)
 
 
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--beam-width", type=int, default=1, help="1 = greedy CTC decoding")
-    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--seeds", default="0", help="training seeds, comma-separated: one run per model and seed")
     parser.add_argument("--corpus-seed", type=int, default=0)
     parser.add_argument("--train-sentences", type=int, default=None,
                         help="override the spec's num_train (a smaller, quicker corpus)")
@@ -176,21 +183,22 @@ def main(argv: list[str] | None = None) -> int:
 
     registered = known_models()
     results = []
-    for model in models:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for model, seed in ((m, s) for m in models for s in seeds):
         if model not in registered:
             message = f"not registered with the trainer (known: {', '.join(sorted(registered))})"
             print(f"{model}: skipped, {message}", flush=True)
-            results.append({"model": model, "status": "skipped", "error": message})
+            results.append({"model": model, "seed": seed, "status": "skipped", "error": message})
             continue
-        print(f"{model}: training ...", flush=True)
+        print(f"{model} seed {seed}: training ...", flush=True)
         try:
-            result = run_model(model, args, manifest, vocabulary, spec.num_train)
+            result = run_model(model, seed, args, manifest, vocabulary, spec.num_train)
         except Exception as error:  # one model failing must not stop the others
             traceback.print_exc()
-            results.append({"model": model, "status": "failed",
+            results.append({"model": model, "seed": seed, "status": "failed",
                             "error": f"{type(error).__name__}: {error}"})
             continue
-        print(f"{model}: dev WER {100 * result['dev_wer']:.1f}%, test WER "
+        print(f"{model} seed {seed}: dev WER {100 * result['dev_wer']:.1f}%, test WER "
               f"{100 * result['test_wer']:.1f}%, {result['train_seconds']:.0f} s", flush=True)
         results.append(result)
 

@@ -460,15 +460,22 @@ def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, 
               help="Where hypotheses and CTM/STM files go [default: beside the checkpoint].")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
               help="Inference option, repeatable (e.g. sampling_steps=0 for DiffSign's full DDPM chain).")
+@click.option("--samples", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Diffusion models: decode with this many x_T seeds (from the model's sampling_seed on) "
+                   "and report the WER's mean and spread.")
+@click.option("--mean-log-probs", is_flag=True,
+              help="Diffusion models: also score the mean of the seeds' log-probs.")
 @device_option
 @handle_errors
 def evaluate_command(checkpoint: Path, manifest: Path, cache_dir: Path, split: str, beam_width: int | None,
-                     phoenix: str | None, out: Path | None, model_options: tuple[str, ...], device: str) -> None:
+                     phoenix: str | None, out: Path | None, model_options: tuple[str, ...], samples: int,
+                     mean_log_probs: bool, device: str) -> None:
     """Word error rate of a trained model on a split, with substitution/deletion/insertion rates."""
     from cslr_pipe.training.evaluation import evaluate_checkpoint
 
     report_lines = evaluate_checkpoint(checkpoint, manifest, cache_dir, split, beam_width, phoenix,
-                                       out or checkpoint.parent, device, parse_options(model_options))
+                                       out or checkpoint.parent, device, parse_options(model_options),
+                                       samples, mean_log_probs)
     for line in report_lines:
         click.echo(line)
 

@@ -283,8 +283,10 @@ class GaussianDiffusion(nn.Module):
     # ------------------------------------------------------------------ sampling
     def sample(self, denoise_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape, steps: int | None = None,
                eta: float = 0.0, generator: torch.Generator | None = None, device=None,
-               noise: torch.Tensor | None = None, return_trajectory: bool = False):
-        """Reverse chain from x_T ~ N(0, I) (or ``noise``): full DDPM (``steps`` None) or DDIM in ``steps`` steps.
+               noise: torch.Tensor | None = None, return_trajectory: bool = False,
+               timesteps: list[int] | None = None):
+        """Reverse chain from x_T ~ N(0, I) (or ``noise``): full DDPM (``steps`` None) or DDIM in ``steps`` steps
+        (or over the given descending ``timesteps``).
 
         ``denoise_fn(x_t, t)`` gets x_t and a [B] long tensor of timesteps and returns the prediction
         (epsilon or x0, per the config). Gradients flow unless the caller wraps this in ``torch.no_grad()``
@@ -296,15 +298,18 @@ class GaussianDiffusion(nn.Module):
         else:
             device = torch.device(device) if device is not None else self.betas.device
             x = self._randn(torch.empty(shape, device=device), generator)
-        if steps is None:
+        ancestral = steps is None and timesteps is None
+        if ancestral:
             timesteps = list(range(self.num_steps - 1, -1, -1))
-        else:
+        elif timesteps is None:
             timesteps = self.ddim_timesteps(steps).tolist()
+        elif any(a <= b for a, b in zip(timesteps, timesteps[1:])) or not 0 <= timesteps[-1] <= timesteps[0] < self.num_steps:
+            raise ValueError(f"timesteps must descend within 0..{self.num_steps - 1}, got {timesteps}")
         trajectory = []
         for i, t in enumerate(timesteps):
             tb = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
             out = denoise_fn(x, tb)
-            if steps is None:
+            if ancestral:
                 x = self.p_sample_step(out, x, tb, generator=generator)
             else:
                 t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1

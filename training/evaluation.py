@@ -1,27 +1,76 @@
-"""`cslr-pipe eval`: decode a split with a trained checkpoint and score it as CSLR papers do."""
+"""`cslr-pipe eval`: decode a split with a trained checkpoint and score it as CSLR papers do.
+
+A model whose recognition samples (DiffSign draws x_T) is decoded once per sampling seed, and the
+WER is reported as the mean and spread over the seeds; optionally also the WER of the mean of the
+seeds' log-probs (an ensemble over draws).
+"""
 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader
 
 from cslr_pipe.features.files import atomic_write_text
 from cslr_pipe.training.data import CachedSequenceDataset, collate_padded
-from cslr_pipe.training.metrics import write_ctm, write_stm
+from cslr_pipe.training.metrics import WERDetails, wer_details, write_ctm, write_stm
 from cslr_pipe.training.phoenix import score_phoenix
-from cslr_pipe.training.trainer import evaluate, load_model, pick_device
+from cslr_pipe.training.trainer import decode_batch, load_model, pick_device, to_device
+
+MEAN = "mean-log-probs"
+
+
+def is_stochastic(model: torch.nn.Module) -> bool:
+    """Whether the model's recognition draws random numbers (from ``model.config.sampling_seed``)."""
+    return bool(getattr(model, "stochastic", False))
+
+
+@torch.no_grad()
+def decode_seeds(model: torch.nn.Module, loader: DataLoader, vocabulary: list[str], device: str,
+                 beam_width: int, seeds: list[int], mean_log_probs: bool = False):
+    """Hypotheses per run ({seed or MEAN: {id: glosses}}) and references ({id: glosses}).
+
+    Each seed decodes the split with ``model.config.sampling_seed = seed``; MEAN decodes the mean
+    of the seeds' log-probs (all seeds give the same lengths).
+    """
+    model.eval()
+    runs = {key: {} for key in [*seeds, *([MEAN] if mean_log_probs else [])]}
+    refs, trained_seed = {}, getattr(getattr(model, "config", None), "sampling_seed", None)
+    try:
+        for batch in loader:
+            batch = to_device(batch, device)
+            total = 0
+            for seed in seeds:
+                if seed is not None:
+                    model.config.sampling_seed = seed
+                log_probs, lengths = model.recognize(batch)
+                total = total + log_probs
+                for video_id, tokens in zip(batch["ids"], decode_batch(log_probs, lengths, beam_width)):
+                    runs[seed][video_id] = [vocabulary[t] for t in tokens]
+            if mean_log_probs:
+                for video_id, tokens in zip(batch["ids"], decode_batch(total / len(seeds), lengths, beam_width)):
+                    runs[MEAN][video_id] = [vocabulary[t] for t in tokens]
+            labels = batch["labels"].cpu().split(batch["label_lengths"].cpu().tolist())
+            refs.update((i, [vocabulary[t] for t in target.tolist()]) for i, target in zip(batch["ids"], labels))
+    finally:
+        if trained_seed is not None:
+            model.config.sampling_seed = trained_seed
+    return runs, refs
 
 
 def evaluate_checkpoint(checkpoint: Path, manifest: Path, cache: Path, split: str = "test",
                         beam_width: int | None = None, phoenix: str | None = None,
                         out: Path | None = None, device: str = "auto",
-                        model_options: dict | None = None) -> list[str]:
+                        model_options: dict | None = None, samples: int = 3,
+                        mean_log_probs: bool = False) -> list[str]:
     """Decode ``split``, write hypotheses (JSON Lines) and CTM/STM files, return report lines.
 
     ``model_options`` override inference options of the trained model (e.g. DiffSign's
-    ``sampling_steps``: 0 = full DDPM); they join the output file names.
+    ``sampling_steps``: 0 = full DDPM); they join the output file names. A sampling model is decoded
+    with ``samples`` seeds from its ``sampling_seed`` on (one set of files per seed).
     """
     device = pick_device(device)
     model, state = load_model(checkpoint, device, model_options)
@@ -29,17 +78,40 @@ def evaluate_checkpoint(checkpoint: Path, manifest: Path, cache: Path, split: st
     beam_width = beam_width or state["config"]["beam_width"]
     dataset = CachedSequenceDataset(cache, manifest, vocabulary, streams, split=split)
     loader = DataLoader(dataset, batch_size=8, shuffle=False, collate_fn=collate_padded)
-    details, hyps, refs = evaluate(model, loader, vocabulary, device, beam_width)
-    ids = sorted(hyps)
-    if phoenix:
-        details = score_phoenix([refs[i] for i in ids], [hyps[i] for i in ids], phoenix)
+    sampled = is_stochastic(model)
+    seeds = [model.config.sampling_seed + i for i in range(samples)] if sampled else [None]
+    runs, refs = decode_seeds(model, loader, vocabulary, device, beam_width, seeds, sampled and mean_log_probs)
+    dataset.close()
+    ids = sorted(refs)
     out = Path(out or checkpoint.parent)
     stem = "-".join([split, checkpoint.stem, *(f"{k}={v}" for k, v in sorted((model_options or {}).items()))])
+    scoring = f" after the {phoenix} cleanup" if phoenix else ""
+    lines, scores = [], {}
+    for key, hyps in runs.items():
+        details = score(ids, refs, hyps, phoenix)
+        scores[key] = details
+        name = stem if key is None else f"{stem}-{'seed=' + str(key) if key != MEAN else MEAN}"
+        write_results(out, name, ids, refs, hyps)
+        label = "" if key is None else (f" [x_T seed {key}]" if key != MEAN else f" [{MEAN} of {len(seeds)} seeds]")
+        lines.append(f"{split}{label}: {details.summary()}{scoring}")
+    if sampled and len(seeds) > 1:
+        wers = [100 * scores[s].wer for s in seeds]
+        lines.append(f"{split}: WER {statistics.mean(wers):.2f} ± {statistics.stdev(wers):.2f}% (mean ± sd over "
+                     f"{len(seeds)} x_T seeds {seeds[0]}..{seeds[-1]}){scoring}")
+    lines.append(f"hypotheses, sclite CTM/STM files: {out}/{stem}*")
+    return lines
+
+
+def score(ids: list[str], refs: dict, hyps: dict, phoenix: str | None) -> WERDetails:
+    if phoenix:
+        return score_phoenix([refs[i] for i in ids], [hyps[i] for i in ids], phoenix)
+    return wer_details([refs[i] for i in ids], [hyps[i] for i in ids])
+
+
+def write_results(out: Path, stem: str, ids: list[str], refs: dict, hyps: dict) -> None:
+    """``STEM.hyp.jsonl`` (hypothesis and reference per video), ``STEM.ctm`` and ``STEM.stm``."""
     atomic_write_text(out / f"{stem}.hyp.jsonl", "".join(
         json.dumps({"id": i, "hypothesis": hyps[i], "reference": refs[i]}, ensure_ascii=False) + "\n"
         for i in ids))
     write_ctm(out / f"{stem}.ctm", ids, [hyps[i] for i in ids])
     write_stm(out / f"{stem}.stm", ids, [refs[i] for i in ids])
-    scoring = f" after the {phoenix} cleanup" if phoenix else ""
-    return [f"{split}: {details.summary()}{scoring}",
-            f"hypotheses: {out / f'{stem}.hyp.jsonl'}; sclite files: {out / f'{stem}.ctm'}, {out / f'{stem}.stm'}"]

@@ -51,6 +51,7 @@ V -> G' sampled from N(0, I) with DDIM in ``sampling_steps`` steps (eta 0, deter
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, fields
 
 import torch
@@ -75,23 +76,36 @@ class DiffSignConfig:
     dit_layers: int = 12              # the paper's DiT
     num_steps: int = 1000             # T
     beta_end: float = 0.02            # 0.99 = the paper's schedule (see the module docstring)
-    prediction: str = "epsilon"       # what the DiT predicts: "epsilon" (the paper) or "x0"
+    prediction: str = "x0"            # what the DiT predicts: "x0" (default) or "epsilon" (the paper)
     gamma: float = 10.0               # weight of L_DDM
+    ddm_timesteps: str = "uniform"    # L_DDM's t: "uniform" (DDPM) or "high" (density rising linearly with t)
     delta_start: float = 1e-4         # delta of the noisiest sampling state (Eq. 6-7)
     delta_end: float = 0.01
     tau: float = 0.15                 # GFE threshold on an embedding's attention to its best token
-    train_sampling_steps: int = 4     # DDIM steps run with gradients for L_CTC, L_RSM, L_GFE
-    sampling_steps: int = 10          # DDIM steps at inference; 0 = the full DDPM chain
+    stepwise_ctc: str = "x0"          # L_RSM's CTC on decoder(x0 estimate) of each step, or "state" (the paper)
+    train_sampling_steps: int = 4     # DDIM steps run with gradients for L_CTC, L_RSM, L_GFE (at most, if random)
+    train_grid: str = "random"        # "random": k ~ U{1..train_sampling_steps} steps from T-1 at random
+                                      # timesteps; "fixed": DDIM's grid of train_sampling_steps (the paper's)
+    sampling_steps: int = 4           # DDIM steps at inference; 0 = the full DDPM chain
+    sampling_seed: int = 0            # x_T of each video at inference comes from (seed, video id)
+    self_condition: bool = False      # the DiT also reads the previous step's x0 estimate (Chen et al. 2023)
     stage1_fraction: float = 0.4      # the paper: 40 of 100 epochs
     use_rsm: bool = True
     use_gfe: bool = True
-    ordinal_keys: bool = False        # not in the paper: tell the DiT which gloss each frame of V is
+    ordinal_keys: bool = True         # not in the paper: tell the DiT which gloss slot each frame of V is
+    alignment_prior: float = 0.0      # not in the paper: sigma (slots) of a Gaussian cross-attention prior
+                                      # around each frame's expected slot; 0 = off
 
     def __post_init__(self):
         if self.gloss_tokens < 2 or not 0 <= self.stage1_fraction <= 1:
             raise ValueError("need gloss_tokens >= 2 and 0 <= stage1_fraction <= 1")
         if not 1 <= self.train_sampling_steps <= self.num_steps or not 0 <= self.sampling_steps <= self.num_steps:
             raise ValueError(f"sampling steps must be in 1..{self.num_steps} (0 = full DDPM at inference)")
+        for name, value, allowed in (("stepwise_ctc", self.stepwise_ctc, ("x0", "state")),
+                                     ("train_grid", self.train_grid, ("random", "fixed")),
+                                     ("ddm_timesteps", self.ddm_timesteps, ("uniform", "high"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def encoder_layers(c: DiffSignConfig, layers: int) -> nn.TransformerEncoder:
@@ -151,13 +165,18 @@ class CrossAttention(nn.Module):
         self.heads = c.heads
         self.q, self.k, self.v, self.out = (nn.Linear(c.hidden, c.hidden) for _ in range(4))
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor):
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor,
+                prior: torch.Tensor | None = None):
+        """``prior`` [B, N', N]: added to every head's logits (the alignment prior), or None."""
         q, k, v = self.q(x), self.k(memory), self.v(memory)
         split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731  (B, heads, S, d)
         mask = ~memory_pad[:, None, None, :]
+        if prior is not None:
+            mask = prior[:, None].to(q.dtype).masked_fill(~mask, float("-inf"))
         attended = nn.functional.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
         head_dim = q.shape[-1] // self.heads
         logits = q.float() @ k.float().transpose(1, 2) / (self.heads * head_dim ** 0.5)
+        logits = logits if prior is None else logits + prior
         return self.out(attended.transpose(1, 2).flatten(2)), logits  # (B, N', D), (B, N', N)
 
 
@@ -177,11 +196,11 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x, cond, memory, memory_pad):
+    def forward(self, x, cond, memory, memory_pad, prior=None):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond).chunk(6, dim=-1)
         h = modulate(self.norm1(x), shift1, scale1)
         x = x + gate1[:, None] * self.attn(h, h, h, need_weights=False)[0]
-        attended, similarity = self.cross(self.norm_cross(x), memory, memory_pad)
+        attended, similarity = self.cross(self.norm_cross(x), memory, memory_pad, prior)
         x = x + attended
         x = x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
         return x, similarity
@@ -194,26 +213,31 @@ class DiT(nn.Module):
     def __init__(self, c: DiffSignConfig):
         super().__init__()
         self.position = nn.Parameter(0.02 * torch.randn(1, c.gloss_tokens, c.hidden))
-        if c.ordinal_keys:  # slot s meets the frames whose expected slot 2 (ordinal - 1) is s
-            self.position.data += sinusoidal(torch.arange(c.gloss_tokens), c.hidden)
+        # with ordinal keys, slot s meets the frames whose expected slot 2 (ordinal - 1) is s; a fixed
+        # buffer, rebuilt from the config, so loading a checkpoint (resume into stage 2) cannot erase it
+        code = sinusoidal(torch.arange(c.gloss_tokens), c.hidden)[None] if c.ordinal_keys else torch.zeros(1, 1, 1)
+        self.register_buffer("slot_code", code, persistent=False)
+        self.self_condition = nn.Linear(c.hidden, c.hidden) if c.self_condition else None
         self.time = nn.Sequential(nn.Linear(c.hidden, c.hidden), nn.SiLU(), nn.Linear(c.hidden, c.hidden))
         self.pooled = nn.Linear(c.hidden, c.hidden)
         self.blocks = nn.ModuleList(DiTBlock(c) for _ in range(c.dit_layers))
         self.final_norm = nn.LayerNorm(c.hidden, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(c.hidden, 2 * c.hidden))
         self.final = nn.Linear(c.hidden, c.hidden)
-        for layer in (self.final_ada[1], self.final):
+        for layer in (self.final_ada[1], self.final) + ((self.self_condition,) if c.self_condition else ()):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x, t, memory, memory_pad):
+    def forward(self, x, t, memory, memory_pad, previous_x0=None, prior=None):
         valid = (~memory_pad).unsqueeze(-1).to(memory.dtype)
         pooled = (memory * valid).sum(1) / valid.sum(1).clamp(min=1)
-        cond = self.time(sinusoidal(t, x.shape[-1])) + self.pooled(pooled)
-        x = x + self.position
+        cond = self.time(sinusoidal(t, x.shape[-1])) + self.pooled(pooled)  # (B, D)
+        x = x + self.position + self.slot_code  # (B, N', D)
+        if self.self_condition is not None and previous_x0 is not None:
+            x = x + self.self_condition(previous_x0)
         similarity = None
         for block in self.blocks:
-            x, similarity = block(x, cond, memory, memory_pad)
+            x, similarity = block(x, cond, memory, memory_pad, prior)
         shift, scale = self.final_ada(cond).chunk(2, dim=-1)
         return self.final(modulate(self.final_norm(x), shift, scale)), similarity
 
@@ -270,49 +294,90 @@ class DiffSignRecognizer(nn.Module):
                 module.eval()
         return self
 
+    @property
+    def stochastic(self) -> bool:
+        """Recognition draws x_T (after stage 1 has ended): ``eval`` decodes several seeds."""
+        return bool(self.generating)
+
     # ---------------------------------------------------------------- pieces
     def encode_video(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """V [B, N, D] and its padding mask [B, N] (True = padding)."""
         v, lengths = self.visual.encode(*join_streams(batch, self.streams))
         return v, padding_mask(lengths, v.shape[1])
 
-    def condition(self, v: torch.Tensor, v_pad: torch.Tensor) -> torch.Tensor:
-        """What the DiT attends to: V, plus with ``ordinal_keys`` an encoding of each frame's gloss slot.
+    def condition(self, v: torch.Tensor, v_pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the DiT attends to: V, plus with ``ordinal_keys`` an encoding of each frame's gloss slot;
+        and the cross-attention prior [B, N', N] (``alignment_prior`` > 0) or None.
 
         The frozen decoder reads V (stage 1's path); the expected number of gloss onsets up to frame
         j, o_j = sum_{i<=j} sum_c p_c(i) (1 - p_c(i-1)) over non-blank c, places frame j at slot
-        2 (o_j - 1) of the layout, whose sinusoidal encoding is added to V.
+        s_j = 2 (o_j - 1) of the layout. Its sinusoidal encoding is added to V; the prior adds
+        -(s - s_j)^2 / (2 sigma^2) to the logits of slot s for frame j.
         """
-        if not self.config.ordinal_keys:
-            return v
+        c = self.config
+        if not c.ordinal_keys and not c.alignment_prior:
+            return v, None
         with torch.no_grad():
             p = self.decoder(v, v_pad).exp()[..., 1:]
             onset = (p * (1 - nn.functional.pad(p, (0, 0, 1, 0))[:, :-1])).sum(-1).masked_fill(v_pad, 0)
-            slot = 2 * (onset.cumsum(1) - 1)
-        return v + sinusoidal(slot, v.shape[-1]).to(v.dtype)
+            slot = 2 * (onset.cumsum(1) - 1)  # (B, N)
+        prior = None
+        if c.alignment_prior:
+            slots = torch.arange(c.gloss_tokens, device=v.device, dtype=slot.dtype)
+            prior = -(slots[None, :, None] - slot[:, None, :]) ** 2 / (2 * c.alignment_prior ** 2)  # (B, N', N)
+        return (v + sinusoidal(slot, v.shape[-1]).to(v.dtype) if c.ordinal_keys else v), prior
 
-    def generate(self, v: torch.Tensor, v_pad: torch.Tensor, steps: int | None,
-                 keep_trajectory: bool = False):
-        """G' from noise conditioned on V: DDIM in ``steps`` steps, or the full DDPM chain (None).
+    def x0_estimate(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The DiT's estimate of G from its output at (x_t, t)."""
+        return out.float() if self.config.prediction == "x0" else self.diffusion.predict_x0_from_eps(x_t, t, out)
 
-        With ``keep_trajectory``: (trajectory of states, cross-attention similarity of every step).
+    def training_grid(self) -> list[int]:
+        """Timesteps of the chain run with gradients in stage 2 (descending, from T - 1)."""
+        c = self.config
+        if c.train_grid == "fixed":
+            return self.diffusion.ddim_timesteps(c.train_sampling_steps).tolist()
+        k = int(torch.randint(1, c.train_sampling_steps + 1, ()))
+        return [c.num_steps - 1] + torch.randperm(c.num_steps - 1)[:k - 1].sort(descending=True).values.tolist()
+
+    def initial_noise(self, ids: list[str], device) -> torch.Tensor:
+        """x_T [B, N', D]: each video's own draw from (``sampling_seed``, its id), whatever the batch."""
+        shape = (self.config.gloss_tokens, self.config.hidden)
+        draws = [torch.randn(shape, generator=torch.Generator().manual_seed(
+            zlib.crc32(f"{self.config.sampling_seed}/{video_id}".encode()))) for video_id in ids]
+        return torch.stack(draws).to(device)
+
+    def generate(self, v: torch.Tensor, v_pad: torch.Tensor, timesteps: list[int] | None,
+                 noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 prior: torch.Tensor | None = None):
+        """G' from noise conditioned on V, by DDIM over ``timesteps`` (descending) or the full DDPM chain (None).
+
+        Returns (G', states after each step, x0 estimates of each step, cross-attention logits of each step).
         """
         shape = (v.shape[0], self.config.gloss_tokens, self.config.hidden)
-        similarities = []
+        estimates, similarities = [], []
 
         def denoise(x, t):
-            eps, similarity = self.dit(x.to(v.dtype), t, v, v_pad)
+            previous = estimates[-1].detach().to(v.dtype) if estimates and self.config.self_condition else None
+            out, similarity = self.dit(x.to(v.dtype), t, v, v_pad, previous, prior)
+            estimates.append(self.x0_estimate(out, x, t))
             similarities.append(similarity)
-            return eps
+            return out
 
-        result = self.diffusion.sample(denoise, shape, steps=steps, device=v.device,
-                                       return_trajectory=keep_trajectory)
-        return (result[1], similarities) if keep_trajectory else result
+        g, states = self.diffusion.sample(denoise, shape, timesteps=timesteps, noise=noise, generator=generator,
+                                          device=v.device, return_trajectory=True)
+        return g, states, estimates, similarities
 
-    def step_weights(self) -> torch.Tensor:
+    def step_weights(self, k: int) -> torch.Tensor:
+        """delta of a k-step chain, scaled by T / k so the weights sum to what the paper's T weights sum to."""
         c = self.config
-        k = c.train_sampling_steps
         return self.diffusion.step_weights(c.delta_start, c.delta_end, steps=k) * (c.num_steps / k)
+
+    def ddm_timesteps(self, n: int, device) -> torch.Tensor:
+        """L_DDM's t [n]: uniform over 0..T-1, or with "high" a density rising linearly towards T - 1."""
+        u = torch.rand(n, device=device)
+        if self.config.ddm_timesteps == "high":
+            u = u.sqrt()
+        return (u * self.config.num_steps).long().clamp(max=self.config.num_steps - 1)
 
     # ---------------------------------------------------------------- trainer interface
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -324,16 +389,23 @@ class DiffSignRecognizer(nn.Module):
             gloss = ctc_loss(self.decoder(g), full, batch)
             return {"loss": visual + gloss, "ctc_visual": visual, "ctc_gloss": gloss}
         c = self.config
-        v = self.condition(v, v_pad)
+        v, prior = self.condition(v, v_pad)
         with torch.no_grad():
-            g = self.gloss(batch["labels"], batch["label_lengths"], batch["ids"])
-        t, noise, g_t = self.diffusion.training_targets(g)
-        target = self.diffusion.prediction_target(g, noise)
-        ddm = nn.functional.mse_loss(self.dit(g_t.to(v.dtype), t, v, v_pad)[0].float(), target)
-        trajectory, similarities = self.generate(v, v_pad, c.train_sampling_steps, keep_trajectory=True)
-        weights = self.step_weights().to(v.device)
+            g = self.gloss(batch["labels"], batch["label_lengths"], batch["ids"])  # (B, N', D)
+        t = self.ddm_timesteps(g.shape[0], g.device)
+        noise = torch.randn_like(g)
+        g_t = self.diffusion.q_sample(g, t, noise)
+        previous = None
+        if c.self_condition and torch.rand(()) < 0.5:  # half the time, the DiT's own first estimate
+            with torch.no_grad():
+                previous = self.x0_estimate(self.dit(g_t.to(v.dtype), t, v, v_pad, None, prior)[0], g_t, t)
+        prediction = self.dit(g_t.to(v.dtype), t, v, v_pad, previous, prior)[0]
+        ddm = nn.functional.mse_loss(prediction.float(), self.diffusion.prediction_target(g, noise))
+        _, states, estimates, similarities = self.generate(v, v_pad, self.training_grid(), prior=prior)
+        decoded = estimates if c.stepwise_ctc == "x0" else states  # the last of both is G'
+        weights = self.step_weights(len(decoded)).to(v.device)
         full = torch.full_like(batch["label_lengths"], c.gloss_tokens)
-        step_ctc = [ctc_loss(self.decoder(state.to(v.dtype)), full, batch) for state in trajectory]
+        step_ctc = [ctc_loss(self.decoder(x.to(v.dtype)), full, batch) for x in decoded]
         losses = {"ctc": step_ctc[-1], "ddm": ddm}
         losses["rsm"] = sum(w * l for w, l in zip(weights, step_ctc)) if c.use_rsm else ddm.new_zeros(())
         losses["gfe"] = (sum(w * gloss_contrastive_loss(s, v_pad, c.tau)
@@ -344,12 +416,18 @@ class DiffSignRecognizer(nn.Module):
     forward = losses  # DistributedDataParallel calls forward
 
     def recognize(self, batch: dict, sampling_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """CTC log-probs and lengths; ``sampling_steps`` overrides the config (0 = full DDPM)."""
+        """CTC log-probs and lengths; ``sampling_steps`` overrides the config (0 = full DDPM).
+
+        Seeded: x_T comes from (``sampling_seed``, video id), DDPM's step noise from ``sampling_seed``.
+        """
         v, v_pad = self.encode_video(batch)
         if not self.generating:
             return self.decoder(v, v_pad), (~v_pad).sum(1)
         steps = self.config.sampling_steps if sampling_steps is None else sampling_steps
-        g = self.generate(self.condition(v, v_pad), v_pad, steps or None)
+        timesteps = self.diffusion.ddim_timesteps(steps).tolist() if steps else None
+        generator = torch.Generator(v.device).manual_seed(self.config.sampling_seed)
+        memory, prior = self.condition(v, v_pad)
+        g = self.generate(memory, v_pad, timesteps, self.initial_noise(batch["ids"], v.device), generator, prior)[0]
         return self.decoder(g.to(v.dtype)), torch.full((v.shape[0],), g.shape[1], device=v.device)
 
 
