@@ -57,7 +57,9 @@ from cslr_pipe.pipeline.manifest import read_vocabulary
 from cslr_pipe.pipeline.synthetic_features import (STREAM, FeatureCorpusSpec, corpus_matches,
                                                    make_feature_corpus)
 from cslr_pipe.training.data import CachedSequenceDataset, collate_padded
-from cslr_pipe.training.trainer import MODELS, Run, TrainConfig, evaluate, load_model, train
+from cslr_pipe.training.evaluation import decode_seeds, is_stochastic
+from cslr_pipe.training.metrics import wer
+from cslr_pipe.training.trainer import MODELS, Run, TrainConfig, load_model, train
 
 # Per-model TrainConfig fields (model, streams, seed, device and beam width are filled in); they
 # override the model's registered defaults (TrainConfig.for_model), model_options merge. Sized for
@@ -90,16 +92,21 @@ def config_for(model: str, args, seed: int) -> TrainConfig:
                                  beam_width=args.beam_width, **settings)
 
 
-def score(checkpoint: Path, manifest: Path, cache: Path, split: str, device: str,
-          beam_width: int) -> tuple[float, int]:
-    """WER of a split decoded with a checkpoint (the trainer's ``evaluate``), and its size."""
+def score(checkpoint: Path, manifest: Path, cache: Path, split: str, device: str, beam_width: int,
+          samples: int, phase: str | None = None) -> list[float]:
+    """WER of a split decoded with a checkpoint: one per x_T seed for a model that samples (DiffSign
+    after stage 1), else one. ``phase`` sets the model's phase first ("stage1": DiffSign's decoder on V)."""
     model, state = load_model(checkpoint, device)
+    if phase:
+        model.set_phase(phase)
     dataset = CachedSequenceDataset(cache, manifest, state["vocabulary"], state["config"]["streams"],
                                     split=split)
     loader = DataLoader(dataset, batch_size=32, shuffle=False, collate_fn=collate_padded)
-    details, _, _ = evaluate(model, loader, state["vocabulary"], device, beam_width)
+    seeds = list(range(samples)) if is_stochastic(model) else [None]
+    runs, refs = decode_seeds(model, loader, state["vocabulary"], device, beam_width, seeds)
     dataset.close()
-    return details.wer, len(dataset)
+    ids = sorted(refs)
+    return [wer([refs[i] for i in ids], [hyps[i] for i in ids]) for hyps in runs.values()]
 
 
 def run_model(model: str, seed: int, args, manifest: Path, vocabulary: list[str], num_train: int) -> dict:
@@ -114,11 +121,17 @@ def run_model(model: str, seed: int, args, manifest: Path, vocabulary: list[str]
     checkpoint = Path(summary["checkpoint"])
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
-    dev_wer, _ = score(checkpoint, manifest, args.out / "corpus" / "cache", "dev", device, args.beam_width)
-    test_wer, _ = score(checkpoint, manifest, args.out / "corpus" / "cache", "test", device, args.beam_width)
+    cache = args.out / "corpus" / "cache"
+    dev, test = (score(checkpoint, manifest, cache, split, device, args.beam_width, args.samples)
+                 for split in ("dev", "test"))
+    extra = {}
+    if model == "diffsign":  # what stage 2 has to match: the same checkpoint's decoder on V
+        extra = {f"stage1_{split}_wer": score(checkpoint, manifest, cache, split, device, args.beam_width, 1,
+                                              "stage1")[0] for split in ("dev", "test")}
     history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     best_epoch = min(history, key=lambda h: h["dev_wer"])["epoch"]
-    return {"model": model, "seed": seed, "status": "ok", "dev_wer": dev_wer, "test_wer": test_wer,
+    return {"model": model, "seed": seed, "status": "ok", "dev_wer": float(np.mean(dev)), "test_wer": float(np.mean(test)),
+            "dev_wer_per_x_T_seed": dev, "test_wer_per_x_T_seed": test, **extra,
             "train_seconds": round(seconds, 1),
             "sequences_per_second": round(num_train * summary["epochs"] / seconds, 1),
             "epochs": summary["epochs"], "best_epoch": best_epoch, "checkpoint": str(checkpoint),
@@ -136,6 +149,12 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['seed']} | {100 * r['dev_wer']:.1f}% | {100 * r['test_wer']:.1f}% | "
                      f"{r['train_seconds']:.0f} | {r['sequences_per_second']:.0f} | {r['epochs']} | "
                      f"{r['best_epoch']} |")
+        if len(r["test_wer_per_x_T_seed"]) > 1:
+            lines.append(f"| ... per x_T seed | | {', '.join(f'{100 * w:.1f}' for w in r['dev_wer_per_x_T_seed'])} | "
+                         f"{', '.join(f'{100 * w:.1f}' for w in r['test_wer_per_x_T_seed'])} | | | | |")
+        if "stage1_test_wer" in r:
+            lines.append(f"| ... its stage-1 decoder on V | | {100 * r['stage1_dev_wer']:.1f}% | "
+                         f"{100 * r['stage1_test_wer']:.1f}% | | | | |")
     for model in dict.fromkeys(r["model"] for r in results):
         done = [r for r in results if r["model"] == model and r["status"] == "ok"]
         if len(done) > 1:
@@ -154,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--beam-width", type=int, default=1, help="1 = greedy CTC decoding")
     parser.add_argument("--seeds", default="0", help="training seeds, comma-separated: one run per model and seed")
+    parser.add_argument("--samples", type=int, default=3,
+                        help="x_T seeds a sampling model (diffsign) is decoded with; its WER is their mean")
     parser.add_argument("--corpus-seed", type=int, default=0)
     parser.add_argument("--train-sentences", type=int, default=None,
                         help="override the spec's num_train (a smaller, quicker corpus)")

@@ -25,9 +25,8 @@ Built-ins (``build_backbone(name, stream, weights=None, device="cpu", batch_size
   (TwoStream-SLR's keypoint encoder is an S3D whose first convolution takes the 79 heatmaps).
 
 Other options: ``precision`` (``auto``, ``fp32``, ``fp16``, ``bf16``), ``seed`` (random init),
-``window`` and ``context`` (S3D). CPU speed at 224x224 (random weights, one thread of a busy
-2-core VM, preprocessing included): resnet18 ~10 frames per CPU-second, resnet34 ~6, s3d ~6 at
-the default context (8 with ``context=0``).
+``window`` and ``context`` (S3D). Throughput: ``bench/backbones.py`` (numbers in
+docs/benchmarks.md).
 
 Inputs per stream (shared by all built-ins; sizes are options):
 

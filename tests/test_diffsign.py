@@ -265,7 +265,7 @@ def test_ordinal_keys_place_frames_at_their_gloss_slot():
     frames = [1, 1, 0, 2, 2, 2, 0, 0]  # argmax labels of 8 frames: gloss, gloss, blank, gloss x3, blank
     log_probs = torch.full((1, 8, NUM_CLASSES), -30.0)
     log_probs[0, torch.arange(8), torch.tensor(frames)] = 0.0
-    model.decoder.forward = lambda v, pad=None: log_probs
+    model.decoder.forward = lambda v, pad=None, return_hidden=False: (log_probs, v)
     v, pad = torch.zeros(1, 8, SMALL["hidden"]), torch.zeros(1, 8, dtype=torch.bool)
     slots = torch.tensor([[0.0, 0, 0, 2, 2, 2, 2, 2]])  # 2 (ordinal - 1): the layout's g1 and g2 slots
     expected = sinusoidal(slots, SMALL["hidden"])

@@ -93,6 +93,8 @@ class DiffSignConfig:
     use_rsm: bool = True
     use_gfe: bool = True
     ordinal_keys: bool = True         # not in the paper: tell the DiT which gloss slot each frame of V is
+    memory: str = "visual"            # what the DiT attends to: "visual" (V, the paper) or "decoder" (the
+                                      # frozen decoder's last hidden states over V; not in the paper)
     alignment_prior: float = 0.0      # not in the paper: sigma (slots) of a Gaussian cross-attention prior
                                       # around each frame's expected slot; 0 = off
 
@@ -103,6 +105,7 @@ class DiffSignConfig:
             raise ValueError(f"sampling steps must be in 1..{self.num_steps} (0 = full DDPM at inference)")
         for name, value, allowed in (("stepwise_ctc", self.stepwise_ctc, ("x0", "state")),
                                      ("train_grid", self.train_grid, ("random", "fixed")),
+                                     ("memory", self.memory, ("visual", "decoder")),
                                      ("ddm_timesteps", self.ddm_timesteps, ("uniform", "high"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -149,8 +152,10 @@ class Decoder(nn.Module):
         self.layers = encoder_layers(c, c.decoder_layers)
         self.classifier = nn.Linear(c.hidden, num_classes)
 
-    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        return self.classifier(self.layers(x, src_key_padding_mask=pad)).float().log_softmax(-1)
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None, return_hidden: bool = False):
+        hidden = self.layers(x, src_key_padding_mask=pad)  # (B, S, D)
+        log_probs = self.classifier(hidden).float().log_softmax(-1)  # (B, S, C)
+        return (log_probs, hidden) if return_hidden else log_probs
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -309,23 +314,26 @@ class DiffSignRecognizer(nn.Module):
         """What the DiT attends to: V, plus with ``ordinal_keys`` an encoding of each frame's gloss slot;
         and the cross-attention prior [B, N', N] (``alignment_prior`` > 0) or None.
 
-        The frozen decoder reads V (stage 1's path); the expected number of gloss onsets up to frame
-        j, o_j = sum_{i<=j} sum_c p_c(i) (1 - p_c(i-1)) over non-blank c, places frame j at slot
-        s_j = 2 (o_j - 1) of the layout. Its sinusoidal encoding is added to V; the prior adds
-        -(s - s_j)^2 / (2 sigma^2) to the logits of slot s for frame j.
+        The frozen decoder reads V (stage 1's path); the number of glosses its greedy CTC reading has
+        emitted up to frame j, o_j (a frame emits when its best class is no blank and differs from the
+        previous frame's), places frame j at slot s_j = 2 (o_j - 1) of the layout. Its sinusoidal
+        encoding is added to V; the prior adds -(s - s_j)^2 / (2 sigma^2) to the logits of slot s for
+        frame j.
         """
         c = self.config
-        if not c.ordinal_keys and not c.alignment_prior:
+        if not c.ordinal_keys and not c.alignment_prior and c.memory == "visual":
             return v, None
         with torch.no_grad():
-            p = self.decoder(v, v_pad).exp()[..., 1:]
-            onset = (p * (1 - nn.functional.pad(p, (0, 0, 1, 0))[:, :-1])).sum(-1).masked_fill(v_pad, 0)
-            slot = 2 * (onset.cumsum(1) - 1)  # (B, N)
+            log_probs, hidden = self.decoder(v, v_pad, return_hidden=True)
+            best = log_probs.argmax(-1)  # (B, N)
+            emits = (best != 0) & (best != nn.functional.pad(best, (1, 0))[:, :-1]) & ~v_pad
+            slot = 2 * (emits.cumsum(1) - 1).to(v.dtype)  # (B, N)
         prior = None
         if c.alignment_prior:
             slots = torch.arange(c.gloss_tokens, device=v.device, dtype=slot.dtype)
             prior = -(slots[None, :, None] - slot[:, None, :]) ** 2 / (2 * c.alignment_prior ** 2)  # (B, N', N)
-        return (v + sinusoidal(slot, v.shape[-1]).to(v.dtype) if c.ordinal_keys else v), prior
+        memory = hidden if c.memory == "decoder" else v
+        return (memory + sinusoidal(slot, v.shape[-1]).to(v.dtype) if c.ordinal_keys else memory), prior
 
     def x0_estimate(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The DiT's estimate of G from its output at (x_t, t)."""
