@@ -102,7 +102,8 @@ def test_gloss_contrastive_loss_matches_its_formula():
 
 
 def test_step_weights_carry_the_papers_total_weight():
-    model = make_model(num_steps=1000)
+    assert make_model().step_weights(4).tolist() == [0.25] * 4  # the default: uniform
+    model = make_model(num_steps=1000, rsm_weights="delta")
     weights = model.step_weights(4)
     assert weights[0] < weights[-1]
     full_chain = torch.linspace(1e-4, 0.01, 1000, dtype=torch.float64).sum()
@@ -125,7 +126,7 @@ def test_sampling_with_an_oracle_denoiser_recovers_the_labels(prediction):
     with torch.no_grad():
         g = model.gloss(batch["labels"], batch["label_lengths"], batch["ids"])
 
-    def oracle(x_t, t, memory, memory_pad, previous_x0=None):
+    def oracle(x_t, t, memory, memory_pad, previous_x0=None, prior=None):
         if prediction == "x0":
             return g, None
         return model.diffusion.predict_eps_from_x0(x_t, t, g), None
@@ -143,14 +144,17 @@ def test_sampling_with_an_oracle_denoiser_recovers_the_labels(prediction):
 
 
 def fit(model, batch, phase, steps, lr):
+    """Adam with a cosine schedule on one batch."""
     model.set_phase(phase)
     model.train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     for _ in range(steps):
         losses = model(batch)
         optimizer.zero_grad()
         losses["loss"].backward()
         optimizer.step()
+        schedule.step()
     model.eval()
 
 
@@ -158,13 +162,13 @@ def fit(model, batch, phase, steps, lr):
 def memorised():
     """A model whose two stages memorised a tiny batch, and the batch."""
     torch.set_num_threads(1)
-    model, batch = make_model(), make_batch()
+    model, batch = make_model(hidden=64), make_batch(seed=5)  # labels with repeats: 3 4 4, 3 2 2
     fit(model, batch, "stage1", 150, 3e-3)
     with torch.no_grad():
         assert greedy_decode(*model.recognize(batch)) == references(batch)  # the visual path
     frozen = [p.clone() for p in model.decoder.parameters()]
     torch.manual_seed(1)
-    fit(model, batch, "stage2", 200, 2e-3)
+    fit(model, batch, "stage2", 1000, 2e-3)
     assert all(torch.equal(a, b) for a, b in zip(frozen, model.decoder.parameters()))
     return model, batch
 
@@ -178,6 +182,7 @@ def test_generated_glosses_decode_to_the_labels(memorised, steps):
         log_probs, lengths = model.recognize(unlabelled, sampling_steps=steps)
     assert lengths.tolist() == [SMALL["gloss_tokens"]] * 4
     assert greedy_decode(log_probs, lengths) == references(batch)
+    assert references(batch)[1] == [3, 4, 4]
 
 
 def test_sampling_is_seeded_per_video(memorised):

@@ -15,7 +15,7 @@ G' from noise conditioned on V, and a transformer decoder turns G' into CTC log-
 * :class:`Decoder`: ``decoder_layers`` (4) transformer layers + a linear classifier, with CTC (blank 0).
 * :class:`DiT`: ``dit_layers`` (12) blocks of self-attention over the gloss tokens and MLP, both under
   adaLN-Zero modulation by the timestep embedding plus pooled V (Peebles & Xie), and cross-attention
-  from the tokens to V. It predicts the noise.
+  from the tokens to V. It predicts G (``prediction="x0"``) or the noise ("epsilon", the paper).
 * The diffusion process is :class:`GaussianDiffusion` (Eq. 1-2): linear betas, T = ``num_steps``,
   ``beta_end`` 0.02 by default (the paper's 0.99 empties alpha_bar within the first 15 % of the chain,
   see :mod:`cslr_pipe.training.diffusion`; ``beta_end=0.99`` gives the paper's values), and the paper's
@@ -28,12 +28,19 @@ freezes them (in eval mode) and trains the DiT with
 
     L = L_CTC + L_RSM + L_GFE + gamma L_DDM                                             (Eq. 8)
 
-* L_DDM: the noise-prediction MSE at a uniform timestep.
-* The sampling losses run the reverse chain with gradients from noise in ``train_sampling_steps`` DDIM
-  steps (the paper's chain has T steps, too long to backpropagate through). With the trajectory
-  G'_1..G'_k and weights delta linear from ``delta_start`` (1e-4, the noisiest state) to ``delta_end``
-  (0.01), scaled by T / k so they sum to what the paper's T weights sum to:
-  L_RSM = sum_i delta_i CTC(decoder(G'_i)) (Eq. 6); L_CTC = CTC(decoder(G'_k)), the generated result.
+* L_DDM: the MSE of the DiT's prediction (G with ``prediction="x0"``, the default; the noise with
+  "epsilon", the paper's) at a timestep drawn uniformly or, with ``ddm_timesteps="high"`` (default),
+  with a density rising linearly towards T.
+* The sampling losses run the reverse chain with gradients from pure noise (the paper's chain has T
+  steps, too long to backpropagate through): with ``train_grid="random"`` (default) each batch runs
+  k ~ U{1..``train_sampling_steps``} DDIM steps from T - 1 through k - 1 random timesteps, so the
+  chains of training cover every inference grid; with "fixed", DDIM's grid of
+  ``train_sampling_steps``. With weights delta linear from ``delta_start`` (1e-4, the noisiest step)
+  to ``delta_end`` (0.01), scaled by T / k so they sum to what the paper's T weights sum to:
+  L_RSM = sum_i delta_i CTC(decoder(X_i)) (Eq. 6), where X_i is the x0 estimate of step i
+  (``stepwise_ctc="x0"``, default: the one-step prediction from pure noise is trained too, and every
+  term can be met) or the DDIM state after step i ("state", the literal reading: all states but the
+  last are mostly noise and cannot decode). L_CTC = CTC(decoder(G')), the generated result.
 * L_GFE (Eq. 7), per sampling step: M = the last block's cross-attention logits (q . k / sqrt(d) per
   head, averaged over heads), tokens x visual embeddings. Each valid visual embedding j is an anchor;
   if its attention over the tokens, softmax_i(M_ij), reaches ``tau`` (0.15) for its best token, that
@@ -44,9 +51,16 @@ freezes them (in eval mode) and trains the DiT with
   and keeps one easy anchor from masking the others.)
 * ``use_rsm`` / ``use_gfe`` switch L_RSM and L_GFE off for ablations.
 
-Inference (``recognize``): before stage 2 has started, the decoder on V (stage 1's visual path); after,
-V -> G' sampled from N(0, I) with DDIM in ``sampling_steps`` steps (eta 0, deterministic) or, with
-``sampling_steps=0``, the full T-step ancestral DDPM chain -> decoder -> CTC log-probs over the N' slots.
+Not in the paper, each an option (docs/training.md says why each is on by default):
+``ordinal_keys`` (each frame of V carries a sinusoidal code of its gloss slot, from the frozen
+decoder's greedy CTC reading of V), ``alignment_prior`` (a Gaussian bias of the cross-attention
+around that slot), ``self_condition`` (the DiT also reads the previous step's x0 estimate),
+``memory="decoder"`` (attend to the frozen decoder's hidden states instead of V).
+
+Inference (``recognize``): before stage 2 has started, the decoder on V (stage 1's path); after,
+V -> G' sampled from x_T ~ N(0, I) with DDIM in ``sampling_steps`` steps (eta 0, deterministic) or,
+with ``sampling_steps=0``, the full T-step ancestral DDPM chain -> decoder -> CTC log-probs over the
+N' slots. Seeded: each video's x_T is drawn from (``sampling_seed``, its id), whatever its batch.
 """
 
 from __future__ import annotations
@@ -78,9 +92,10 @@ class DiffSignConfig:
     beta_end: float = 0.02            # 0.99 = the paper's schedule (see the module docstring)
     prediction: str = "x0"            # what the DiT predicts: "x0" (default) or "epsilon" (the paper)
     gamma: float = 10.0               # weight of L_DDM
-    ddm_timesteps: str = "uniform"    # L_DDM's t: "uniform" (DDPM) or "high" (density rising linearly with t)
+    ddm_timesteps: str = "high"       # L_DDM's t: "high" (density rising linearly with t) or "uniform" (the paper)
     delta_start: float = 1e-4         # delta of the noisiest sampling state (Eq. 6-7)
     delta_end: float = 0.01
+    rsm_weights: str = "uniform"      # "uniform" (1/k per step) or "delta" (the paper's, above)
     tau: float = 0.15                 # GFE threshold on an embedding's attention to its best token
     stepwise_ctc: str = "x0"          # L_RSM's CTC on decoder(x0 estimate) of each step, or "state" (the paper)
     train_sampling_steps: int = 4     # DDIM steps run with gradients for L_CTC, L_RSM, L_GFE (at most, if random)
@@ -88,14 +103,15 @@ class DiffSignConfig:
                                       # timesteps; "fixed": DDIM's grid of train_sampling_steps (the paper's)
     sampling_steps: int = 4           # DDIM steps at inference; 0 = the full DDPM chain
     sampling_seed: int = 0            # x_T of each video at inference comes from (seed, video id)
-    self_condition: bool = False      # the DiT also reads the previous step's x0 estimate (Chen et al. 2023)
+    self_condition: bool = True       # the DiT also reads the previous step's x0 estimate (Chen et al. 2023)
     stage1_fraction: float = 0.4      # the paper: 40 of 100 epochs
     use_rsm: bool = True
     use_gfe: bool = True
     ordinal_keys: bool = True         # not in the paper: tell the DiT which gloss slot each frame of V is
+    null_memory: bool = True          # not in the paper: a learned entry beside V for slots without frames
     memory: str = "visual"            # what the DiT attends to: "visual" (V, the paper) or "decoder" (the
                                       # frozen decoder's last hidden states over V; not in the paper)
-    alignment_prior: float = 0.0      # not in the paper: sigma (slots) of a Gaussian cross-attention prior
+    alignment_prior: float = 1.0      # not in the paper: sigma (slots) of a Gaussian cross-attention prior
                                       # around each frame's expected slot; 0 = off
 
     def __post_init__(self):
@@ -106,6 +122,7 @@ class DiffSignConfig:
         for name, value, allowed in (("stepwise_ctc", self.stepwise_ctc, ("x0", "state")),
                                      ("train_grid", self.train_grid, ("random", "fixed")),
                                      ("memory", self.memory, ("visual", "decoder")),
+                                     ("rsm_weights", self.rsm_weights, ("delta", "uniform")),
                                      ("ddm_timesteps", self.ddm_timesteps, ("uniform", "high"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -223,6 +240,8 @@ class DiT(nn.Module):
         code = sinusoidal(torch.arange(c.gloss_tokens), c.hidden)[None] if c.ordinal_keys else torch.zeros(1, 1, 1)
         self.register_buffer("slot_code", code, persistent=False)
         self.self_condition = nn.Linear(c.hidden, c.hidden) if c.self_condition else None
+        # a learned memory entry every slot may attend to: where no frame is its own (separators, padding)
+        self.null = nn.Parameter(0.02 * torch.randn(1, 1, c.hidden)) if c.null_memory else None
         self.time = nn.Sequential(nn.Linear(c.hidden, c.hidden), nn.SiLU(), nn.Linear(c.hidden, c.hidden))
         self.pooled = nn.Linear(c.hidden, c.hidden)
         self.blocks = nn.ModuleList(DiTBlock(c) for _ in range(c.dit_layers))
@@ -240,10 +259,15 @@ class DiT(nn.Module):
         x = x + self.position + self.slot_code  # (B, N', D)
         if self.self_condition is not None and previous_x0 is not None:
             x = x + self.self_condition(previous_x0)
+        if self.null is not None:
+            memory = torch.cat([self.null.expand(x.shape[0], 1, -1).to(memory.dtype), memory], 1)  # (B, 1 + N, D)
+            memory_pad = nn.functional.pad(memory_pad, (1, 0), value=False)
+            prior = None if prior is None else nn.functional.pad(prior, (1, 0))
         similarity = None
         for block in self.blocks:
             x, similarity = block(x, cond, memory, memory_pad, prior)
         shift, scale = self.final_ada(cond).chunk(2, dim=-1)
+        similarity = similarity if self.null is None else similarity[..., 1:]  # (B, N', N): frames only
         return self.final(modulate(self.final_norm(x), shift, scale)), similarity
 
 
@@ -376,8 +400,11 @@ class DiffSignRecognizer(nn.Module):
         return g, states, estimates, similarities
 
     def step_weights(self, k: int) -> torch.Tensor:
-        """delta of a k-step chain, scaled by T / k so the weights sum to what the paper's T weights sum to."""
+        """Weights of a k-step chain's terms: delta scaled by T / k, so they sum to what the paper's T
+        weights sum to; or, with ``rsm_weights="uniform"``, 1 / k each."""
         c = self.config
+        if c.rsm_weights == "uniform":
+            return torch.full((k,), 1 / k)
         return self.diffusion.step_weights(c.delta_start, c.delta_end, steps=k) * (c.num_steps / k)
 
     def ddm_timesteps(self, n: int, device) -> torch.Tensor:
