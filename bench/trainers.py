@@ -130,7 +130,8 @@ def run_model(model: str, seed: int, args, manifest: Path, vocabulary: list[str]
         extra = {f"stage1_{split}_wer": score(checkpoint, manifest, cache, split, device, args.beam_width, 1,
                                               "stage1")[0] for split in ("dev", "test")}
     history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    best_epoch = min(history, key=lambda h: h["dev_wer"])["epoch"]
+    last_phase = [h for h in history if h.get("phase") == history[-1].get("phase")]  # best.pt's phase
+    best_epoch = min(last_phase, key=lambda h: h["dev_wer"])["epoch"]
     return {"model": model, "seed": seed, "status": "ok", "dev_wer": float(np.mean(dev)), "test_wer": float(np.mean(test)),
             "dev_wer_per_x_T_seed": dev, "test_wer_per_x_T_seed": test, **extra,
             "train_seconds": round(seconds, 1),
