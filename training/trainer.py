@@ -295,8 +295,10 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
             else:
                 best = float("inf")  # best.pt holds the best model of the last phase
             # DDP syncs the parameters that require gradients when it is built: rebuild per phase
+            # a model whose steps may leave parameters out of the graph (DiffSign's random chains) says so
             step_model = model if world_size == 1 else torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[local_rank] if device.startswith("cuda") else None)
+                model, device_ids=[local_rank] if device.startswith("cuda") else None,
+                find_unused_parameters=getattr(model, "skips_parameters", False))
             if len(phases) > 1:
                 log(f"phase {name}: epochs {first}-{first + length - 1}")
         model.train()

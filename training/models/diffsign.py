@@ -323,6 +323,9 @@ class DiffSignRecognizer(nn.Module):
                 module.eval()
         return self
 
+    # a one-step chain without a self-conditioning input leaves dit.self_condition out of the graph (DDP)
+    skips_parameters = True
+
     @property
     def stochastic(self) -> bool:
         """Recognition draws x_T (after stage 1 has ended): ``eval`` decodes several seeds."""
