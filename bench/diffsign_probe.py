@@ -13,26 +13,18 @@ defaults, and prints the mean losses and the dev WER of DDIM-1/4/10 (x_T seed 0)
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from cslr_pipe.pipeline.cli import parse_options
 from cslr_pipe.pipeline.manifest import read_vocabulary
 from cslr_pipe.training.trainer import (Run, TrainConfig, build_model, evaluate, input_dims, make_loader,
                                         start_epoch)
 
 BASE = dict(hidden=128, heads=4, gloss_layers=1, decoder_layers=2, dit_layers=4, gloss_tokens=16, dropout=0.1)
-
-
-def option(text: str) -> tuple[str, object]:
-    key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value  # a bare word: a string option
 
 
 def fit(model, loader, steps: int, lr: float, first_epoch: int, every: int = 0, report=None) -> None:
@@ -70,7 +62,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--stage1-epochs", type=int, default=12)
-    parser.add_argument("--opt", type=option, action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="a model option")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rescale", type=float, nargs=2, default=[1.0, 1.0], help="stage-2 augmentation")
     parser.add_argument("--feature-dropout", type=float, default=0.0, help="stage-2 augmentation")
@@ -80,7 +72,7 @@ def main() -> None:
     vocabulary = read_vocabulary(args.corpus / "manifest.vocab.json")
     run = Run(args.corpus / "manifest.jsonl", vocabulary, args.corpus / "cache", args.work)
     config = TrainConfig.for_model("diffsign", streams=["features.synthetic"], batch_size=16, seed=0,
-                                   model_options={**BASE, **dict(args.opt)})
+                                   model_options={**BASE, **parse_options(args.opt)})
     torch.manual_seed(0)
     train_loader = make_loader(run, config, "train", True)
     dev_loader = make_loader(run, replace(config, batch_size=32), "dev", False)

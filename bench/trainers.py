@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from cslr_pipe.pipeline.cli import parse_options
 from cslr_pipe.pipeline.manifest import read_vocabulary
 from cslr_pipe.pipeline.synthetic_features import (STREAM, FeatureCorpusSpec, corpus_matches,
                                                    make_feature_corpus)
@@ -89,6 +90,7 @@ def config_for(model: str, args, seed: int) -> TrainConfig:
     settings = copy.deepcopy(SETTINGS.get(model, DEFAULT_SETTINGS))
     if args.epochs is not None:
         settings["epochs"] = args.epochs
+    settings.setdefault("model_options", {}).update(parse_options(args.model_option))
     return TrainConfig.for_model(model, streams=[STREAM], seed=seed, device=args.device,
                                  beam_width=args.beam_width, **settings)
 
@@ -180,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus-seed", type=int, default=0)
     parser.add_argument("--train-sentences", type=int, default=None,
                         help="override the spec's num_train (a smaller, quicker corpus)")
+    parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a model option of every model (repeatable), e.g. memory=decoder")
     parser.add_argument("--verbose", action="store_true", help="print every epoch")
     args = parser.parse_args(argv)
     if args.threads:

@@ -35,9 +35,10 @@ freezes them (in eval mode) and trains the DiT with
   steps, too long to backpropagate through): with ``train_grid="random"`` (default) each batch runs
   k ~ U{1..``train_sampling_steps``} DDIM steps from T - 1 through k - 1 random timesteps, so the
   chains of training cover every inference grid; with "fixed", DDIM's grid of
-  ``train_sampling_steps``. With weights delta linear from ``delta_start`` (1e-4, the noisiest step)
-  to ``delta_end`` (0.01), scaled by T / k so they sum to what the paper's T weights sum to:
-  L_RSM = sum_i delta_i CTC(decoder(X_i)) (Eq. 6), where X_i is the x0 estimate of step i
+  ``train_sampling_steps``. L_RSM = sum_i w_i CTC(decoder(X_i)) (Eq. 6), with w_i = 1 / k
+  (``rsm_weights="uniform"``, default: each estimate is a whole answer) or the paper's delta, linear
+  from ``delta_start`` (1e-4, the noisiest step) to ``delta_end`` (0.01) and scaled by T / k so they
+  sum to what the paper's T weights sum to ("delta"); X_i is the x0 estimate of step i
   (``stepwise_ctc="x0"``, default: the one-step prediction from pure noise is trained too, and every
   term can be met) or the DDIM state after step i ("state", the literal reading: all states but the
   last are mostly noise and cannot decode). L_CTC = CTC(decoder(G')), the generated result.
@@ -46,7 +47,7 @@ freezes them (in eval mode) and trains the DiT with
   if its attention over the tokens, softmax_i(M_ij), reaches ``tau`` (0.15) for its best token, that
   token is its positive and the loss is the InfoNCE term -log softmax_i(M_ij)[positive]; otherwise it
   is a transition with no positive and the loss log(1 + sum_i exp(M_ij)) pushes it away from every
-  token. The per-step mean over anchors is weighted by the same delta. (Eq. 7 writes one log around
+  token. The per-step mean over anchors is weighted by the same w_i. (Eq. 7 writes one log around
   the weighted sum over steps and anchors; the weighted sum of per-anchor terms is the usual reading
   and keeps one easy anchor from masking the others.)
 * ``use_rsm`` / ``use_gfe`` switch L_RSM and L_GFE off for ablations.
@@ -54,8 +55,9 @@ freezes them (in eval mode) and trains the DiT with
 Not in the paper, each an option (docs/training.md says why each is on by default):
 ``ordinal_keys`` (each frame of V carries a sinusoidal code of its gloss slot, from the frozen
 decoder's greedy CTC reading of V), ``alignment_prior`` (a Gaussian bias of the cross-attention
-around that slot), ``self_condition`` (the DiT also reads the previous step's x0 estimate),
-``memory="decoder"`` (attend to the frozen decoder's hidden states instead of V).
+around that slot), ``null_memory`` (a learned memory entry beside V, for the separator and padding
+slots that no frame belongs to), ``self_condition`` (the DiT also reads the previous step's x0
+estimate), ``memory="decoder"`` (attend to the frozen decoder's hidden states instead of V).
 
 Inference (``recognize``): before stage 2 has started, the decoder on V (stage 1's path); after,
 V -> G' sampled from x_T ~ N(0, I) with DDIM in ``sampling_steps`` steps (eta 0, deterministic) or,
@@ -112,7 +114,7 @@ class DiffSignConfig:
     memory: str = "visual"            # what the DiT attends to: "visual" (V, the paper) or "decoder" (the
                                       # frozen decoder's last hidden states over V; not in the paper)
     alignment_prior: float = 1.0      # not in the paper: sigma (slots) of a Gaussian cross-attention prior
-                                      # around each frame's expected slot; 0 = off
+                                      # around each frame's slot (see ``condition``); 0 = off
 
     def __post_init__(self):
         if self.gloss_tokens < 2 or not 0 <= self.stage1_fraction <= 1:
@@ -235,7 +237,7 @@ class DiT(nn.Module):
     def __init__(self, c: DiffSignConfig):
         super().__init__()
         self.position = nn.Parameter(0.02 * torch.randn(1, c.gloss_tokens, c.hidden))
-        # with ordinal keys, slot s meets the frames whose expected slot 2 (ordinal - 1) is s; a fixed
+        # with ordinal keys, slot s meets the frames whose slot 2 (ordinal - 1) is s; a fixed
         # buffer, rebuilt from the config, so loading a checkpoint (resume into stage 2) cannot erase it
         code = sinusoidal(torch.arange(c.gloss_tokens), c.hidden)[None] if c.ordinal_keys else torch.zeros(1, 1, 1)
         self.register_buffer("slot_code", code, persistent=False)
