@@ -69,11 +69,11 @@ from cslr_pipe.training.trainer import MODELS, Run, TrainConfig, load_model, tra
 SETTINGS: dict[str, dict] = {
     "ctc": {"epochs": 30, "batch_size": 16, "lr": 3e-3, "weight_decay": 1e-4,
             "model_options": {"hidden": 128, "lstm_layers": 2, "dropout": 0.1}},
-    # stage 1 15 epochs, stage 2 35 (about 1300 DiT steps); every other option is the model's default
-    "diffsign": {"epochs": 50, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
+    # stage 1 15 epochs, stage 2 50 (about 1900 DiT steps); every other option is the model's default
+    "diffsign": {"epochs": 65, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
                  "lr_schedule": "cosine",
                  "model_options": {"hidden": 128, "heads": 4, "gloss_layers": 1, "decoder_layers": 2,
-                                   "dit_layers": 4, "gloss_tokens": 16, "dropout": 0.1, "stage1_fraction": 0.3}},
+                                   "dit_layers": 4, "gloss_tokens": 16, "dropout": 0.1, "stage1_fraction": 0.23}},
     "acdr": {"epochs": 30, "batch_size": 16, "lr": 3e-3, "weight_decay": 1e-4,
              "model_options": {"hidden": 128, "lstm_layers": 2, "dropout": 0.1, "heads": 4}},
 }

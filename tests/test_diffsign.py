@@ -262,7 +262,7 @@ def test_ordinal_keys_place_frames_at_their_gloss_slot():
     frames = [1, 1, 0, 2, 2, 2, 0, 0]  # argmax labels of 8 frames: gloss, gloss, blank, gloss x3, blank
     log_probs = torch.full((1, 8, NUM_CLASSES), -30.0)
     log_probs[0, torch.arange(8), torch.tensor(frames)] = 0.0
-    model.decoder.forward = lambda v, pad=None, return_hidden=False: (log_probs, v)
+    model.decoder.forward = lambda v, pad=None, return_hidden=False: (log_probs, 2 * v)  # hidden: 2 V
     v, pad = torch.zeros(1, 8, SMALL["hidden"]), torch.zeros(1, 8, dtype=torch.bool)
     slots = torch.tensor([[0.0, 0, 0, 2, 2, 2, 2, 2]])  # 2 (ordinal - 1): the layout's g1 and g2 slots
     expected = sinusoidal(slots, SMALL["hidden"])
@@ -270,5 +270,8 @@ def test_ordinal_keys_place_frames_at_their_gloss_slot():
     torch.testing.assert_close(memory, expected, atol=1e-4, rtol=0)
     s, j = 2, 1  # slot 2 against frame 1 (slot 0): -(2 - 0)^2 / 2
     assert float(prior[0, s, j]) == pytest.approx(-2.0) and float(prior[0, s, 3]) == 0.0
-    memory, prior = make_model(ordinal_keys=False, alignment_prior=0).condition(v, pad)
+    paper = make_model(ordinal_keys=False, alignment_prior=0, memory="visual")
+    memory, prior = paper.condition(v, pad)
     assert memory is v and prior is None  # the paper's DiT sees V alone
+    model.config.ordinal_keys = False  # the default memory: the decoder's hidden states over V
+    torch.testing.assert_close(model.condition(v + 1, pad)[0], 2 * (v + 1), rtol=0, atol=0)

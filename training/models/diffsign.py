@@ -111,8 +111,8 @@ class DiffSignConfig:
     use_gfe: bool = True
     ordinal_keys: bool = True         # not in the paper: tell the DiT which gloss slot each frame of V is
     null_memory: bool = True          # not in the paper: a learned entry beside V for slots without frames
-    memory: str = "visual"            # what the DiT attends to: "visual" (V, the paper) or "decoder" (the
-                                      # frozen decoder's last hidden states over V; not in the paper)
+    memory: str = "decoder"           # what the DiT attends to: "decoder" (the frozen decoder's last hidden
+                                      # states over V; not in the paper) or "visual" (V, the paper)
     alignment_prior: float = 1.0      # not in the paper: sigma (slots) of a Gaussian cross-attention prior
                                       # around each frame's slot (see ``condition``); 0 = off
 
