@@ -57,7 +57,8 @@ Not in the paper, each an option (docs/training.md says why each is on by defaul
 decoder's greedy CTC reading of V), ``alignment_prior`` (a Gaussian bias of the cross-attention
 around that slot), ``null_memory`` (a learned memory entry beside V, for the separator and padding
 slots that no frame belongs to), ``self_condition`` (the DiT also reads the previous step's x0
-estimate), ``memory="decoder"`` (attend to the frozen decoder's hidden states instead of V).
+estimate), ``memory="decoder"`` (default: attend to the frozen decoder's hidden states over V instead
+of V itself; "visual" is the paper's).
 
 Inference (``recognize``): before stage 2 has started, the decoder on V (stage 1's path); after,
 V -> G' sampled from x_T ~ N(0, I) with DDIM in ``sampling_steps`` steps (eta 0, deterministic) or,
