@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence, Union
+from typing import Callable, Iterable, Sequence, Union
 
 Sentence = Union[str, Sequence[str]]
 
@@ -34,6 +34,7 @@ __all__ = [
     "SentenceAlignment",
     "WERDetails",
     "align",
+    "alignment_from_ops",
     "wer",
     "wer_details",
     "write_ctm",
@@ -195,21 +196,35 @@ def _edit_ops(ref: Sequence[str], hyp: Sequence[str]) -> list[tuple[str, int, in
     return ops
 
 
-def align(reference: Sentence, hypothesis: Sentence) -> SentenceAlignment:
-    """Align one reference with one hypothesis (see module docstring for the tie-breaking)."""
-    ref = _tokens(reference)
-    hyp = _tokens(hypothesis)
+def alignment_from_ops(ref: list[str], hyp: list[str], ops: Iterable[str],
+                       ref_words: list[str] | None = None, hyp_words: list[str] | None = None) -> SentenceAlignment:
+    """A sentence alignment from an edit script (``C``/``S``/``D``/``I`` in order) of ``ref`` into
+    ``hyp``; the pairs show ``ref_words``/``hyp_words`` (default: ``ref``/``hyp``), e.g. the original
+    spelling when the script was computed on case-folded words."""
+    ref_words, hyp_words = ref_words or ref, hyp_words or hyp
     pairs = []
     counts = {"C": 0, "S": 0, "D": 0, "I": 0}
-    for op, r, h in _edit_ops(ref, hyp):
+    r = h = 0
+    for op in ops:
         counts[op] += 1
         if op == "D":
-            pairs.append(AlignedPair("D", ref[r], None, r, None))
+            pairs.append(AlignedPair("D", ref_words[r], None, r, None))
+            r += 1
         elif op == "I":
-            pairs.append(AlignedPair("I", None, hyp[h], None, h))
+            pairs.append(AlignedPair("I", None, hyp_words[h], None, h))
+            h += 1
         else:
-            pairs.append(AlignedPair(op, ref[r], hyp[h], r, h))
-    return SentenceAlignment(ref, hyp, pairs, counts["C"], counts["S"], counts["D"], counts["I"])
+            pairs.append(AlignedPair(op, ref_words[r], hyp_words[h], r, h))
+            r += 1
+            h += 1
+    return SentenceAlignment(list(ref_words), list(hyp_words), pairs, counts["C"], counts["S"], counts["D"],
+                             counts["I"])
+
+
+def align(reference: Sentence, hypothesis: Sentence) -> SentenceAlignment:
+    """Align one reference with one hypothesis (see module docstring for the tie-breaking)."""
+    ref, hyp = _tokens(reference), _tokens(hypothesis)
+    return alignment_from_ops(ref, hyp, [op for op, _, _ in _edit_ops(ref, hyp)])
 
 
 def _as_sentence_list(x: Union[Sentence, Iterable[Sentence]]) -> list[Sentence]:
@@ -218,17 +233,19 @@ def _as_sentence_list(x: Union[Sentence, Iterable[Sentence]]) -> list[Sentence]:
     return list(x)
 
 
-def wer_details(refs: Union[Sentence, Iterable[Sentence]], hyps: Union[Sentence, Iterable[Sentence]]) -> WERDetails:
+def wer_details(refs: Union[Sentence, Iterable[Sentence]], hyps: Union[Sentence, Iterable[Sentence]],
+                aligner: Callable[[Sentence, Sentence], SentenceAlignment] | None = None) -> WERDetails:
     """Corpus-level WER with counts and per-sentence alignments.
 
     ``refs`` and ``hyps`` are equally long lists whose items are either gloss strings (split on
-    whitespace) or token lists; a single string is one sentence.
+    whitespace) or token lists; a single string is one sentence. ``aligner`` aligns one pair
+    (default :func:`align`, plain Levenshtein as jiwer).
     """
     refs_l = _as_sentence_list(refs)
     hyps_l = _as_sentence_list(hyps)
     if len(refs_l) != len(hyps_l):
         raise ValueError(f"{len(refs_l)} references but {len(hyps_l)} hypotheses")
-    sentences = [align(r, h) for r, h in zip(refs_l, hyps_l)]
+    sentences = [(aligner or align)(r, h) for r, h in zip(refs_l, hyps_l)]
     hits = sum(s.hits for s in sentences)
     subs = sum(s.substitutions for s in sentences)
     dels = sum(s.deletions for s in sentences)

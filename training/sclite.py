@@ -31,7 +31,8 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence, Union
 
-from .metrics import AlignedPair, Sentence, SentenceAlignment, WERDetails, _as_sentence_list, _tokens
+from .metrics import (Sentence, SentenceAlignment, WERDetails, _as_sentence_list, _tokens, alignment_from_ops,
+                      wer_details)
 
 __all__ = ["SUB_COST", "DEL_COST", "INS_COST", "EMPTY_TOKEN", "sclite_align", "sclite_wer"]
 
@@ -95,22 +96,7 @@ def sclite_align(reference: Sentence, hypothesis: Sentence, *, case_sensitive: b
     else:
         ref_keys = [w.translate(_ASCII_LOWER) for w in ref]
         hyp_keys = [w.translate(_ASCII_LOWER) for w in hyp]
-    pairs = []
-    counts = {"C": 0, "S": 0, "D": 0, "I": 0}
-    r = h = 0
-    for op in _edit_ops(ref_keys, hyp_keys):
-        counts[op] += 1
-        if op == "D":
-            pairs.append(AlignedPair("D", ref[r], None, r, None))
-            r += 1
-        elif op == "I":
-            pairs.append(AlignedPair("I", None, hyp[h], None, h))
-            h += 1
-        else:
-            pairs.append(AlignedPair(op, ref[r], hyp[h], r, h))
-            r += 1
-            h += 1
-    return SentenceAlignment(ref, hyp, pairs, counts["C"], counts["S"], counts["D"], counts["I"])
+    return alignment_from_ops(ref_keys, hyp_keys, _edit_ops(ref_keys, hyp_keys), ref, hyp)
 
 
 def sclite_wer(
@@ -127,21 +113,9 @@ def sclite_wer(
     An empty hypothesis is scored as the single word ``empty_token`` (the PHOENIX convention), or
     as no words when ``empty_token`` is ``None``; the alignments show the words as scored.
     """
-    refs_l = _as_sentence_list(refs)
-    hyps_l = _as_sentence_list(hyps)
-    if len(refs_l) != len(hyps_l):
-        raise ValueError(f"{len(refs_l)} references but {len(hyps_l)} hypotheses")
-    sentences = []
-    for ref, hyp in zip(refs_l, hyps_l):
-        hyp_words = _tokens(hyp)
-        if not hyp_words and empty_token is not None:
-            hyp_words = [empty_token]
-        sentences.append(sclite_align(ref, hyp_words, case_sensitive=case_sensitive))
-    hits = sum(s.hits for s in sentences)
-    subs = sum(s.substitutions for s in sentences)
-    dels = sum(s.deletions for s in sentences)
-    ins = sum(s.insertions for s in sentences)
-    n_ref = sum(len(s.reference) for s in sentences)
-    n_hyp = sum(len(s.hypothesis) for s in sentences)
-    rate = (subs + dels + ins) / n_ref if n_ref else float(ins)
-    return WERDetails(rate, hits, subs, dels, ins, n_ref, n_hyp, sentences)
+    def scored(hyp: Sentence) -> list[str]:
+        words = _tokens(hyp)
+        return words or ([empty_token] if empty_token is not None else [])
+
+    return wer_details(refs, [scored(h) for h in _as_sentence_list(hyps)],
+                       lambda ref, hyp: sclite_align(ref, hyp, case_sensitive=case_sensitive))
