@@ -455,11 +455,14 @@ def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, 
 @click.option("--beam-width", type=click.IntRange(min=1), default=None,
               help="CTC decoding [default: as in training].")
 @click.option("--phoenix", type=click.Choice(["phoenix2014", "phoenix2014t"]), default=None,
-              help="Score after the official PHOENIX cleanup of hypotheses and references.")
+              help="Score as published PHOENIX numbers are made (the cleanup and scorer: --scorer).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where hypotheses and CTM/STM files go [default: beside the checkpoint].")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
               help="Inference option, repeatable (e.g. sampling_steps=0 for DiffSign's full DDPM chain).")
+@click.option("--scorer", type=click.Choice(["sclite", "vac-python", "slt"]), default=None,
+              help="With --phoenix: how the WER is made [default: sclite for phoenix2014, slt for "
+                   "phoenix2014t; docs/evaluation.md].")
 @click.option("--samples", type=click.IntRange(min=1), default=3, show_default=True,
               help="Diffusion models: decode with this many x_T seeds (from the model's sampling_seed on) "
                    "and report the WER's mean and spread.")
@@ -468,14 +471,14 @@ def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, 
 @device_option
 @handle_errors
 def evaluate_command(checkpoint: Path, manifest: Path, cache_dir: Path, split: str, beam_width: int | None,
-                     phoenix: str | None, out: Path | None, model_options: tuple[str, ...], samples: int,
-                     mean_log_probs: bool, device: str) -> None:
+                     phoenix: str | None, out: Path | None, model_options: tuple[str, ...], scorer: str | None,
+                     samples: int, mean_log_probs: bool, device: str) -> None:
     """Word error rate of a trained model on a split, with substitution/deletion/insertion rates."""
     from cslr_pipe.training.evaluation import evaluate_checkpoint
 
     report_lines = evaluate_checkpoint(checkpoint, manifest, cache_dir, split, beam_width, phoenix,
                                        out or checkpoint.parent, device, parse_options(model_options),
-                                       samples, mean_log_probs)
+                                       samples, mean_log_probs, scorer)
     for line in report_lines:
         click.echo(line)
 

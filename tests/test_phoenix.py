@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cslr_pipe.training import phoenix as ph
-from cslr_pipe.training.phoenix import clean_phoenix2014, clean_phoenix2014t, score_phoenix
+from cslr_pipe.training.phoenix import clean_phoenix2014, clean_phoenix2014t, score_phoenix, vac_python_align
 
 
 # --- PHOENIX-2014 rules, each on its own -------------------------------------------------------
@@ -134,7 +134,7 @@ def test_cleanup_is_idempotent_on_released_ground_truth_style():
 def test_score_phoenix2014():
     refs = ["__ON__ REGION WIE-AUSSEHEN REGEN __OFF__", "S+H IX", "MORGEN SONNE"]
     hyps = ["__ON__ loc-REGION WIE AUSSEHEN REGEN REGEN __OFF__", "IX S H", ""]
-    d = score_phoenix(refs, hyps, "phoenix2014")
+    d = score_phoenix(refs, hyps, "phoenix2014", scorer="slt")
     # sentence 1 perfect after cleanup; sentence 2: "IX S+H" vs "S+H IX" (2 errors);
     # sentence 3: [EMPTY] vs 2 words (1 substitution + 1 deletion)
     assert d.reference_words == 5 + 2 + 2
@@ -142,7 +142,7 @@ def test_score_phoenix2014():
     assert d.sentences[2].hypothesis == ["[EMPTY]"]
     assert (d.sentences[2].substitutions, d.sentences[2].deletions) == (1, 1)
     assert d.wer == pytest.approx(4 / 9)
-    d0 = score_phoenix(refs, hyps, "phoenix2014", empty_token=None)
+    d0 = score_phoenix(refs, hyps, "phoenix2014", scorer="slt", empty_token=None)
     assert (d0.sentences[2].substitutions, d0.sentences[2].deletions) == (0, 2)
     assert d0.wer == d.wer
 
@@ -152,6 +152,35 @@ def test_score_phoenix2014t_cleans_both_sides():
     hyps = ["JETZT WETTER WIE-AUSSEHEN"]
     assert score_phoenix(refs, hyps, "phoenix2014t").wer == 0.0
     # 2014 keeps __ON__/__OFF__: two deletions over five reference words
-    assert score_phoenix(refs, hyps, "phoenix2014").wer == pytest.approx(2 / 5)
+    assert score_phoenix(refs, hyps, "phoenix2014", scorer="slt").wer == pytest.approx(2 / 5)
     with pytest.raises(ValueError):
         score_phoenix(refs, hyps, "csl-daily")
+    with pytest.raises(ValueError, match="does not score phoenix2014t"):
+        score_phoenix(refs, hyps, "phoenix2014t", scorer="sclite")
+
+
+def test_sclite_scorer_cleans_hypotheses_word_by_word_and_leaves_references_alone():
+    """evaluatePhoenix2014.sh runs its rules on a CTM file, one word per line (issue's examples)."""
+    # spelled letters are not joined: four insertions against an empty-ish reference slot
+    d = score_phoenix(["IX"], ["IX O G C V"])
+    assert (d.insertions, d.deletions, d.substitutions) == (4, 0, 0)
+    assert score_phoenix(["IX"], ["IX O G C V"], scorer="slt").insertions == 1  # O+G+C+V, one word
+    # repeats are not collapsed, WIE AUSSEHEN is not joined; one-word rules still apply
+    d = score_phoenix(["HEUTE-NACHT WIE-AUSSEHEN ZEIGEN-BILDSCHIRM"],
+                      ["loc-HEUTE-NACHT HEUTE-NACHT WIE AUSSEHEN ZEIGEN"])
+    assert d.sentences[0].hypothesis == ["HEUTE-NACHT", "HEUTE-NACHT", "WIE", "AUSSEHEN", "ZEIGEN-BILDSCHIRM"]
+    assert d.errors == 3  # one insertion, then WIE AUSSEHEN against WIE-AUSSEHEN: S + I (or I + S)
+    # references are not cleaned: a repeated reference gloss stays two words
+    assert score_phoenix(["MOEGLICH MOEGLICH"], ["MOEGLICH"]).deletions == 1
+    assert score_phoenix(["MOEGLICH MOEGLICH"], ["MOEGLICH"], scorer="slt").errors == 0
+    # an empty hypothesis after the cleanup is scored as [EMPTY]
+    d = score_phoenix(["A B"], ["__EPENTHESIS__ __PU__"])
+    assert d.sentences[0].hypothesis == ["[EMPTY]"] and d.errors == 2
+
+
+def test_vac_python_scorer_merges_hypothesis_repeats_only():
+    d = score_phoenix(["REGEN REGEN SONNE"], ["REGEN REGEN SONNE SONNE"], scorer="vac-python")
+    assert d.sentences[0].hypothesis == ["REGEN", "SONNE"] and d.deletions == 1 and d.errors == 1
+    # weighted costs: D + C + I (6) beats two substitutions (8); on a tie, deletion before insertion
+    assert [p.op for p in vac_python_align("A B", "B A").pairs] == ["I", "C", "D"]
+    assert [p.op for p in vac_python_align("A B C", "X").pairs] == ["D", "D", "S"]

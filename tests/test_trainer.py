@@ -33,7 +33,17 @@ def test_ctc_learns_the_glosses(feature_corpus, tmp_path):
                                        "--manifest", str(feature_corpus / "manifest.jsonl"),
                                        "--cache", str(feature_corpus / "cache"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("test: WER ")
+    assert result.output.startswith("test: WER ") and "[plain WER]" in result.output.splitlines()[0]
+    common = ["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--manifest",
+              str(feature_corpus / "manifest.jsonl"), "--cache", str(feature_corpus / "cache"), "--device", "cpu",
+              "--out", str(tmp_path / "scored")]
+    for extra, name in ((["--phoenix", "phoenix2014"], "[phoenix2014, scorer sclite]"),
+                        (["--phoenix", "phoenix2014", "--scorer", "vac-python"], "[phoenix2014, scorer vac-python]"),
+                        (["--phoenix", "phoenix2014t"], "[phoenix2014t, scorer slt]")):
+        result = CliRunner().invoke(main, common + extra)
+        assert result.exit_code == 0 and name in result.output.splitlines()[0], result.output
+    result = CliRunner().invoke(main, common + ["--scorer", "sclite"])
+    assert result.exit_code == 2 and "needs --phoenix" in result.output
     ctm = (tmp_path / "run" / "test-best.ctm").read_text().splitlines()
     stm = (tmp_path / "run" / "test-best.stm").read_text().splitlines()
     assert len(stm) == 6 and all(line.startswith("s4") for line in stm) and ctm

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from cslr_pipe.features.files import atomic_write_text
 from cslr_pipe.training.data import CachedSequenceDataset, collate_padded
 from cslr_pipe.training.metrics import WERDetails, wer_details, write_ctm, write_stm
-from cslr_pipe.training.phoenix import score_phoenix
+from cslr_pipe.training.phoenix import SCORERS, score_phoenix
 from cslr_pipe.training.trainer import decode_batch, load_model, pick_device, to_device
 
 MEAN = "mean-log-probs"
@@ -65,12 +65,14 @@ def evaluate_checkpoint(checkpoint: Path, manifest: Path, cache: Path, split: st
                         beam_width: int | None = None, phoenix: str | None = None,
                         out: Path | None = None, device: str = "auto",
                         model_options: dict | None = None, samples: int = 3,
-                        mean_log_probs: bool = False) -> list[str]:
+                        mean_log_probs: bool = False, scorer: str | None = None) -> list[str]:
     """Decode ``split``, write hypotheses (JSON Lines) and CTM/STM files, return report lines.
 
     ``model_options`` override inference options of the trained model (e.g. DiffSign's
     ``sampling_steps``: 0 = full DDPM); they join the output file names. A sampling model is decoded
-    with ``samples`` seeds from its ``sampling_seed`` on (one set of files per seed).
+    with ``samples`` seeds from its ``sampling_seed`` on (one set of files per seed). With ``phoenix``
+    the WER is made by ``scorer`` (default: the variant's, see :func:`score_phoenix`); every line
+    names the scorer.
     """
     device = pick_device(device)
     model, state = load_model(checkpoint, device, model_options)
@@ -85,10 +87,16 @@ def evaluate_checkpoint(checkpoint: Path, manifest: Path, cache: Path, split: st
     ids = sorted(refs)
     out = Path(out or checkpoint.parent)
     stem = "-".join([split, checkpoint.stem, *(f"{k}={v}" for k, v in sorted((model_options or {}).items()))])
-    scoring = f" after the {phoenix} cleanup" if phoenix else ""
+    if phoenix:
+        scorer = scorer or SCORERS[phoenix][0]
+        scoring = f" [{phoenix}, scorer {scorer}]"
+    elif scorer:
+        raise ValueError(f"--scorer {scorer} needs --phoenix (without it the WER is plain)")
+    else:
+        scoring = " [plain WER]"
     lines, scores = [], {}
     for key, hyps in runs.items():
-        details = score(ids, refs, hyps, phoenix)
+        details = score(ids, refs, hyps, phoenix, scorer)
         scores[key] = details
         name = stem if key is None else f"{stem}-{'seed=' + str(key) if key != MEAN else MEAN}"
         write_results(out, name, ids, refs, hyps)
@@ -102,9 +110,9 @@ def evaluate_checkpoint(checkpoint: Path, manifest: Path, cache: Path, split: st
     return lines
 
 
-def score(ids: list[str], refs: dict, hyps: dict, phoenix: str | None) -> WERDetails:
+def score(ids: list[str], refs: dict, hyps: dict, phoenix: str | None, scorer: str | None = None) -> WERDetails:
     if phoenix:
-        return score_phoenix([refs[i] for i in ids], [hyps[i] for i in ids], phoenix)
+        return score_phoenix([refs[i] for i in ids], [hyps[i] for i in ids], phoenix, scorer=scorer)
     return wer_details([refs[i] for i in ids], [hyps[i] for i in ids])
 
 

@@ -26,15 +26,11 @@ Notes on the official 2014 pipeline:
 
 * The shell script runs sed over the hypothesis *CTM file*, one word per line, so rules that
   span two words (``WIE AUSSEHEN``, spelled-letter joining, repeated-gloss collapse) can never
-  fire there; only the one-word rules change anything. Here every rule is applied to the whole
-  sentence (as the Python port does), which is what these rules were written for; the
-  one-word rules give identical results either way.
-* The reference side is not cleaned by the script: sclite reads the released ground-truth
-  STM, which is already in cleaned form for 2014 (``WIE-AUSSEHEN``, ``ZEIGEN-BILDSCHIRM``,
-  ``S+H``, no ``loc-``; ``__ON__``/``__OFF__`` kept). ``score_phoenix`` cleans both sides with
-  the same function, as neccam/slt does, so raw corpus annotations can be passed as
-  references; lines of the released 2014 STM come out unchanged (checked on sample lines:
-  the STM is already in cleaned form), so passing the STM text is safe too.
+  fire there; only the one-word rules change anything, and the references (the released STM) are
+  never cleaned. ``score_phoenix``'s default scorer for PHOENIX-2014, ``sclite``, does exactly that
+  (:func:`clean_phoenix2014_words`); the ``slt`` scorer applies every rule to whole sentences on
+  both sides, as the Python port does. Cleaning the released 2014 STM is not a no-op: it collapses
+  repeated references such as ``MOEGLICH MOEGLICH``.
 * ``ZEIGEN`` -> ``ZEIGEN-BILDSCHIRM`` applies to every gloss ending in ``ZEIGEN`` (patterns
   ``ZEIGEN `` and ``ZEIGEN$``; in the CTM every word ends its line), whatever its neighbours.
 * Spelled letters are joined with ``+`` (``S H`` -> ``S+H``), not concatenated; the sed
@@ -53,7 +49,8 @@ import re
 from itertools import groupby
 from typing import Iterable, Literal, Sequence, Union
 
-from .metrics import WERDetails, wer_details
+from .metrics import SentenceAlignment, WERDetails, alignment_from_ops, wer_details
+from .sclite import sclite_wer
 
 Glosses = Union[str, Sequence[str]]
 
@@ -63,7 +60,10 @@ __all__ = [
     "EMPTY",
     "clean_phoenix2014",
     "clean_phoenix2014t",
+    "SCORERS",
+    "clean_phoenix2014_words",
     "score_phoenix",
+    "vac_python_align",
     "strip_prefixes",
     "fix_sonne",
     "fix_haben2",
@@ -272,10 +272,41 @@ def clean_phoenix2014t(glosses: Glosses) -> list[str]:
 
 Variant = Literal["phoenix2014", "phoenix2014t"]
 
-_CLEANERS = {
-    "phoenix2014": clean_phoenix2014,
-    "phoenix2014t": clean_phoenix2014t,
-}
+#: Scorers per variant, the default first (docs/evaluation.md says which papers use which).
+SCORERS = {"phoenix2014": ("sclite", "vac-python", "slt"), "phoenix2014t": ("slt",)}
+
+
+def clean_phoenix2014_words(glosses: Glosses) -> list[str]:
+    """The official script's semantics: its sed/perl chain runs on the hypothesis CTM file, one
+    word per line, so each word is cleaned on its own and the rules written for word pairs
+    (``WIE AUSSEHEN``, spelled letters, the repeated-gloss collapse) never fire."""
+    return [token for word in _as_text(glosses).split() for token in clean_phoenix2014(word)]
+
+
+def vac_python_align(reference: Glosses, hypothesis: Glosses) -> SentenceAlignment:
+    """One sentence as VAC/CorrNet's ``python_wer_evaluation`` scores it: consecutive duplicates of
+    the hypothesis merged (``merge_same``), weights insertion 3, deletion 3, substitution 4; a cell
+    whose words match always takes the diagonal, any other takes the cheapest of substitution,
+    deletion, insertion (in that order on ties); traced back from the end, the rest of a row or
+    column being deletions or insertions at the start."""
+    ref, hyp = _as_text(reference).split(), collapse_all_repeats(_as_text(hypothesis).split())
+    m, n = len(ref), len(hyp)
+    cost = [[3 * j for j in range(n + 1)]] + [[3 * i] + [0] * n for i in range(1, m + 1)]
+    move = [[""] * (n + 1) for _ in range(m + 1)]
+    for i in range(1, m + 1):
+        for j in range(1, n + 1):
+            if ref[i - 1] == hyp[j - 1]:
+                cost[i][j], move[i][j] = cost[i - 1][j - 1], "C"
+            else:
+                options = ((cost[i - 1][j - 1] + 4, "S"), (cost[i - 1][j] + 3, "D"), (cost[i][j - 1] + 3, "I"))
+                cost[i][j], move[i][j] = min(options, key=lambda option: option[0])
+    ops, i, j = [], m, n
+    while i and j:
+        op = move[i][j]
+        ops.append(op)
+        i, j = i - (op != "I"), j - (op != "D")
+    ops += ["D"] * i + ["I"] * j
+    return alignment_from_ops(ref, hyp, ops[::-1])
 
 
 def score_phoenix(
@@ -283,19 +314,37 @@ def score_phoenix(
     hyps: Iterable[Glosses],
     variant: Variant = "phoenix2014",
     *,
+    scorer: str | None = None,
     empty_token: str | None = EMPTY,
 ) -> WERDetails:
-    """Clean references and hypotheses with the variant's cleanup, put ``[EMPTY]`` in place of
-    an empty hypothesis (as the official scripts do before sclite; an empty hypothesis then
-    costs one substitution plus deletions instead of deletions only, the same total unless the
-    reference is empty too), and return ``wer_details``. ``empty_token=None`` leaves empty
-    hypotheses empty."""
-    try:
-        clean = _CLEANERS[variant.lower().replace("-", "").replace("_", "")]
-    except KeyError:
-        raise ValueError(f"unknown variant {variant!r}; expected 'phoenix2014' or 'phoenix2014t'") from None
-    refs_c = [clean(r) for r in refs]
-    hyps_c = [clean(h) for h in hyps]
-    if empty_token is not None:
-        hyps_c = [mark_empty(h, empty_token) for h in hyps_c]
-    return wer_details(refs_c, hyps_c)
+    """WER of hypotheses against references as a published PHOENIX number is made.
+
+    ``scorer`` (default: the first of ``SCORERS[variant]``):
+
+    * ``sclite`` (PHOENIX-2014): ``evaluatePhoenix2014.sh`` + sclite: hypotheses cleaned word by
+      word (:func:`clean_phoenix2014_words`), ``[EMPTY]`` for an empty one, references untouched
+      (pass the released STM's words), sclite's weighted alignment (:mod:`.sclite`).
+    * ``vac-python`` (PHOENIX-2014): VAC/CorrNet's Python scorer: the same per-word cleanup and
+      ``[EMPTY]``, untouched references, then :func:`vac_python_align`.
+    * ``slt``: SLT / TwoStream-SLR's port: the variant's cleanup on whole sentences, on both sides,
+      plain Levenshtein; ``[EMPTY]`` for an empty hypothesis unless ``empty_token`` is None (an
+      empty hypothesis then costs one substitution plus deletions instead of deletions only).
+    """
+    key = variant.lower().replace("-", "").replace("_", "")
+    if key not in SCORERS:
+        raise ValueError(f"unknown variant {variant!r}; expected 'phoenix2014' or 'phoenix2014t'")
+    scorer = scorer or SCORERS[key][0]
+    if scorer not in SCORERS[key]:
+        raise ValueError(f"scorer {scorer!r} does not score {key}; it has {', '.join(SCORERS[key])}")
+    if scorer == "slt":
+        clean = clean_phoenix2014 if key == "phoenix2014" else clean_phoenix2014t
+        refs_c = [clean(r) for r in refs]
+        hyps_c = [clean(h) for h in hyps]
+        if empty_token is not None:
+            hyps_c = [mark_empty(h, empty_token) for h in hyps_c]
+        return wer_details(refs_c, hyps_c)
+    refs_w = [_as_text(r).split() for r in refs]
+    hyps_w = [mark_empty(clean_phoenix2014_words(h), EMPTY) for h in hyps]
+    if scorer == "sclite":
+        return sclite_wer(refs_w, hyps_w)
+    return wer_details(refs_w, hyps_w, vac_python_align)
