@@ -484,6 +484,47 @@ def evaluate_command(checkpoint: Path, manifest: Path, cache_dir: Path, split: s
 
 
 @main.command()
+@click.option("--hyp", "hyp_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Hypotheses: CTM, JSON Lines (id + hypothesis) or 'ID WORD ...' lines.")
+@click.option("--ref", "ref_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="References: STM (the released ground truth), a manifest or 'ID WORD ...' lines.")
+@click.option("--dataset", required=True, type=click.Choice(["phoenix2014", "phoenix2014t", "csl-daily"]),
+              help="Whose rules: PHOENIX cleanup and scorer, or plain WER for CSL-Daily.")
+@click.option("--scorer", type=click.Choice(["sclite", "vac-python", "slt"]), default=None,
+              help="PHOENIX scorer [default: sclite for phoenix2014, slt for phoenix2014t].")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write an sclite-style per-sentence alignment report here.")
+@handle_errors
+def score(hyp_file: Path, ref_file: Path, dataset: str, scorer: str | None, report: Path | None) -> None:
+    """Score any system's hypotheses against references, as the dataset's papers do."""
+    from cslr_pipe.features.files import atomic_write_text
+    from cslr_pipe.training.metrics import wer_details
+    from cslr_pipe.training.phoenix import SCORERS, score_phoenix
+    from cslr_pipe.training.transcripts import alignment_report, read_sentences
+
+    hyps, refs = read_sentences(hyp_file), read_sentences(ref_file, references=True)
+    unknown = sorted(set(hyps) - set(refs))
+    if unknown:
+        fail_usage(f"{len(unknown)} hypothesis ids have no reference in {ref_file}, e.g. {unknown[0]}")
+    ids = sorted(refs)
+    missing = sum(i not in hyps for i in ids)
+    pairs = ([refs[i] for i in ids], [hyps.get(i, []) for i in ids])
+    if dataset == "csl-daily":
+        if scorer:
+            fail_usage("--scorer chooses among the PHOENIX scorers; CSL-Daily is scored with plain WER")
+        details, name = wer_details(*pairs), "[csl-daily, plain WER]"
+    else:
+        scorer = scorer or SCORERS[dataset][0]
+        details, name = score_phoenix(*pairs, dataset, scorer=scorer), f"[{dataset}, scorer {scorer}]"
+    click.echo(f"{details.summary()} {name}")
+    if missing:
+        click.echo(f"{missing} references have no hypothesis: scored as empty")
+    if report:
+        atomic_write_text(report, alignment_report(ids, details))
+        click.echo(f"alignment report: {report}")
+
+
+@main.command()
 @click.argument("video_id")
 @click.option("--manifest", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Manifest that lists the video.")
