@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cslr_pipe.training import phoenix as ph
-from cslr_pipe.training.phoenix import clean_phoenix2014, clean_phoenix2014t, score_phoenix, vac_python_align
+from cslr_pipe.training.phoenix import (clean_phoenix2014, clean_phoenix2014t, clean_phoenix2014t_reference,
+                                        clean_phoenix2014t_words, score_phoenix, vac_python_align)
 
 
 # --- PHOENIX-2014 rules, each on its own -------------------------------------------------------
@@ -156,7 +157,7 @@ def test_score_phoenix2014t_cleans_both_sides():
     with pytest.raises(ValueError):
         score_phoenix(refs, hyps, "csl-daily")
     with pytest.raises(ValueError, match="does not score phoenix2014t"):
-        score_phoenix(refs, hyps, "phoenix2014t", scorer="sclite")
+        score_phoenix(refs, hyps, "phoenix2014t", scorer="vac-python")
 
 
 def test_sclite_scorer_cleans_hypotheses_word_by_word_and_leaves_references_alone():
@@ -184,3 +185,19 @@ def test_vac_python_scorer_merges_hypothesis_repeats_only():
     # weighted costs: D + C + I (6) beats two substitutions (8); on a tie, deletion before insertion
     assert [p.op for p in vac_python_align("A B", "B A").pairs] == ["I", "C", "D"]
     assert [p.op for p in vac_python_align("A B C", "X").pairs] == ["D", "D", "S"]
+
+
+def test_official_2014t_script_semantics():
+    """evaluateWER.sh of PHOENIX-2014-T: the CTM word by word (every repeat dropped), the STM line by line."""
+    assert clean_phoenix2014t_words("__ON__ loc-NORDRAUM NORD REGEN REGEN-PLUSPLUS cl-X __EMOTION__ S H") == [
+        "NORD", "REGEN", "X", "S", "H"]  # letters are not joined, NORD NORD and REGEN REGEN collapse
+    # the reference chain: __ON__ leaves its spaces, so the collapse (one space) keeps "HEUTE HEUTE";
+    # no final collapse of every repeat, unlike SLT's port
+    ref = "__ON__ HEUTE __OFF__ HEUTE REGEN REGEN WIE AUSSEHEN S H __EMOTION__ loc-NORDRAUM"
+    assert clean_phoenix2014t_reference(ref) == ["HEUTE", "HEUTE", "REGEN", "WIE-AUSSEHEN", "S+H", "NORD"]
+    assert clean_phoenix2014t(ref) == ["HEUTE", "REGEN", "WIE-AUSSEHEN", "S+H", "NORD"]
+    hyp = "HEUTE HEUTE REGEN WIE-AUSSEHEN S+H NORD"
+    d = score_phoenix([ref], [hyp], "phoenix2014t", scorer="sclite")
+    assert d.sentences[0].hypothesis == ["HEUTE", "REGEN", "WIE-AUSSEHEN", "S+H", "NORD"] and d.deletions == 1
+    assert score_phoenix([ref], [hyp], "phoenix2014t").errors == 0  # slt collapses both sides
+    assert score_phoenix(["A"], ["__ON__"], "phoenix2014t", scorer="sclite").sentences[0].hypothesis == ["[EMPTY]"]

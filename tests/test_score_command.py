@@ -47,5 +47,5 @@ def test_text_and_manifest_files_and_missing_or_unknown_ids(tmp_path):
     result = run("--hyp", tmp_path / "bad.txt", "--ref", tmp_path / "ref.jsonl", "--dataset", "csl-daily")
     assert result.exit_code == 2 and "no reference" in result.output and "v9" in result.output
     result = run("--hyp", tmp_path / "hyp.txt", "--ref", tmp_path / "ref.jsonl", "--dataset", "phoenix2014t",
-                 "--scorer", "sclite")
+                 "--scorer", "vac-python")
     assert result.exit_code == 2 and "does not score phoenix2014t" in result.output

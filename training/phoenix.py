@@ -62,6 +62,8 @@ __all__ = [
     "clean_phoenix2014t",
     "SCORERS",
     "clean_phoenix2014_words",
+    "clean_phoenix2014t_reference",
+    "clean_phoenix2014t_words",
     "score_phoenix",
     "vac_python_align",
     "strip_prefixes",
@@ -273,7 +275,7 @@ def clean_phoenix2014t(glosses: Glosses) -> list[str]:
 Variant = Literal["phoenix2014", "phoenix2014t"]
 
 #: Scorers per variant, the default first (docs/evaluation.md says which papers use which).
-SCORERS = {"phoenix2014": ("sclite", "vac-python", "slt"), "phoenix2014t": ("slt",)}
+SCORERS = {"phoenix2014": ("sclite", "vac-python", "slt"), "phoenix2014t": ("slt", "sclite")}
 
 
 def clean_phoenix2014_words(glosses: Glosses) -> list[str]:
@@ -281,6 +283,42 @@ def clean_phoenix2014_words(glosses: Glosses) -> list[str]:
     word per line, so each word is cleaned on its own and the rules written for word pairs
     (``WIE AUSSEHEN``, spelled letters, the repeated-gloss collapse) never fire."""
     return [token for word in _as_text(glosses).split() for token in clean_phoenix2014(word)]
+
+
+def clean_phoenix2014t_words(glosses: Glosses) -> list[str]:
+    """The hypothesis side of PHOENIX-2014-T's official ``evaluateWER.sh``, which runs on the CTM file,
+    one word per line: words containing ``__LEFTHAND__``, ``__EPENTHESIS__`` or ``__EMOTION__`` and
+    whole ``__X__`` markers are dropped; ``loc-`` at the start, ``-PLUSPLUS`` at the end, ``cl-`` at
+    the start and ``RAUM`` after capitals at the end are stripped; a word left empty is dropped;
+    then a word equal to the previous one is dropped (every repeat, not only plain glosses)."""
+    words = []
+    for word in _as_text(glosses).split():
+        if any(m in word for m in ("__LEFTHAND__", "__EPENTHESIS__", "__EMOTION__")) or re.fullmatch(r"__[^_ ]*__", word):
+            continue
+        word = _sub(r"^loc-", "", word)
+        word = _sub(r"-PLUSPLUS$", "", word)
+        word = _sub(r"^cl-", "", word)
+        word = _sub(r"\b([A-Z][A-Z]*)RAUM$", r"\1", word)
+        if word:
+            words.append(word)
+    return collapse_all_repeats(words)
+
+
+def clean_phoenix2014t_reference(glosses: Glosses) -> list[str]:
+    """The reference side of PHOENIX-2014-T's official ``evaluateWER.sh``: its chain runs on each STM
+    line, where every word follows a space. The three markers go with one neighbouring space, the
+    other ``__X__`` markers leave theirs (so ``A __ON__ A`` is no repeat for the collapse, which needs
+    one space), then ``loc-``/``cl-``, ``-PLUSPLUS``, ``RAUM``, ``WIE AUSSEHEN``, spelled letters and
+    four passes of the plain-gloss collapse, as :func:`clean_phoenix2014t` but without its final
+    collapse of every repeat and without squeezing spaces."""
+    text = " " + _as_text(glosses)
+    for marker in ("__LEFTHAND__", "__EPENTHESIS__", "__EMOTION__"):
+        text = text.replace(marker + " ", "").replace(" " + marker, "")
+    text = _sub(r"\b__[^_ ]*__\b", "", text)
+    for rule in (strip_loc_cl_2014t, strip_plusplus_2014t, strip_raum_suffix_2014t, join_wie_aussehen,
+                 join_spelled_letters, collapse_repeats):
+        text = rule(text)
+    return text.split()
 
 
 def vac_python_align(reference: Glosses, hypothesis: Glosses) -> SentenceAlignment:
@@ -324,6 +362,9 @@ def score_phoenix(
     * ``sclite`` (PHOENIX-2014): ``evaluatePhoenix2014.sh`` + sclite: hypotheses cleaned word by
       word (:func:`clean_phoenix2014_words`), ``[EMPTY]`` for an empty one, references untouched
       (pass the released STM's words), sclite's weighted alignment (:mod:`.sclite`).
+    * ``sclite`` (PHOENIX-2014-T): the release's official ``evaluateWER.sh`` + sclite: hypotheses
+      cleaned word by word with every repeat dropped (:func:`clean_phoenix2014t_words`), references
+      cleaned by its STM chain (:func:`clean_phoenix2014t_reference`), ``[EMPTY]``, sclite's alignment.
     * ``vac-python`` (PHOENIX-2014): VAC/CorrNet's Python scorer: the same per-word cleanup and
       ``[EMPTY]``, untouched references, then :func:`vac_python_align`.
     * ``slt``: SLT / TwoStream-SLR's port: the variant's cleanup on whole sentences, on both sides,
@@ -343,6 +384,9 @@ def score_phoenix(
         if empty_token is not None:
             hyps_c = [mark_empty(h, empty_token) for h in hyps_c]
         return wer_details(refs_c, hyps_c)
+    if key == "phoenix2014t":  # scorer "sclite": the official evaluateWER.sh
+        refs_w = [clean_phoenix2014t_reference(r) for r in refs]
+        return sclite_wer(refs_w, [mark_empty(clean_phoenix2014t_words(h), EMPTY) for h in hyps])
     refs_w = [_as_text(r).split() for r in refs]
     hyps_w = [mark_empty(clean_phoenix2014_words(h), EMPTY) for h in hyps]
     if scorer == "sclite":
