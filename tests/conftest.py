@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -89,3 +93,62 @@ def feature_corpus(tmp_path_factory):
         rows.append(ManifestRow(f"s{i:02d}", split, f"v{i}.mp4", tuple(glosses)))
         arrays[rows[-1].id] = np.concatenate(parts).astype(np.float16)
     return write_feature_cache(root, rows, {i: {"features.rgb": a} for i, a in arrays.items()})
+
+
+def _find_sclite() -> str | None:
+    path = shutil.which("sclite")
+    if path:
+        return path
+    if shutil.which("dpkg"):
+        listing = subprocess.run(["dpkg", "-L", "sctk"], capture_output=True, text=True).stdout
+        for line in listing.splitlines():
+            if line.endswith("/bin/sclite") and Path(line).is_file():
+                return line
+    return None
+
+
+@dataclass
+class ScliteResult:
+    """What the sclite binary reported: per-utterance alignments keyed by the lower-cased id
+    (sclite lower-cases ids and words; None for ``***``), the dtl file's totals, and its printed
+    total error percentage."""
+
+    alignments: dict[str, list[tuple[str, str | None, str | None]]]
+    totals: dict[str, int]
+    percent: float
+
+
+@pytest.fixture(scope="session")
+def run_sclite():
+    """``run_sclite(ctm, stm)``: the real NIST sclite (Debian ``sctk``) run as the PHOENIX scripts do."""
+    binary = _find_sclite()
+    if binary is None:
+        pytest.skip(
+            "NIST sclite binary NOT FOUND - the comparison with the official PHOENIX scorer did not run; "
+            "install it with `apt-get install sctk` (Debian/Ubuntu) or build SCTK"
+        )
+
+    def run(ctm: Path, stm: Path) -> ScliteResult:
+        out = ctm.parent
+        subprocess.run([binary, "-h", str(ctm), "ctm", "-r", str(stm), "stm", "-f", "0", "-o", "sgml", "dtl",
+                        "-O", str(out)], check=True, capture_output=True)
+        sgml = (out / f"{ctm.name}.sgml").read_text()
+        alignments = {}
+        for m in re.finditer(r'<PATH [^>]*file="([^"]+)"[^>]*>\n(.*?)</PATH>', sgml, re.S):
+            ops = []
+            for item in filter(None, m.group(2).strip().split(":")):
+                op, ref, hyp = item.split(",")[:3]
+                ops.append((op, ref.strip('"') or None, hyp.strip('"') or None))
+            alignments[m.group(1)] = ops
+        dtl = (out / f"{ctm.name}.dtl").read_text()
+
+        def count(label):
+            return int(re.search(re.escape(label) + r"\s.*?\(\s*(\d+)\)", dtl).group(1))
+
+        labels = {"errors": "Percent Total Error", "hits": "Percent Correct", "substitutions": "Percent Substitution",
+                  "deletions": "Percent Deletions", "insertions": "Percent Insertions",
+                  "reference_words": "Ref. words", "hypothesis_words": "Hyp. words"}
+        percent = float(re.search(r"Percent Total Error\s*=\s*([\d.]+)%", dtl).group(1))
+        return ScliteResult(alignments, {key: count(label) for key, label in labels.items()}, percent)
+
+    return run
