@@ -443,7 +443,7 @@ def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, 
         distributed.cleanup()  # under torchrun
     if not main_process:
         return
-    click.echo(f"best dev WER {100 * summary['best_dev_wer']:.1f}%: {summary['checkpoint']}; "
+    click.echo(f"best dev WER {100 * summary['best_dev_wer']:.1f}% [plain WER]: {summary['checkpoint']}; "
                f"curves in {out / 'curves.png'}")
 
 

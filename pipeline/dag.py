@@ -186,6 +186,6 @@ def train_after_stages(workflow: Workflow, manifest: Path, vocabulary: list[str]
     config = TrainConfig.for_model(options.pop("model", "ctc"), **options)
     run_dir = cache / "runs" / config.model
     summary = train(config, Run(manifest, vocabulary, cache, run_dir), log=log)
-    return [f"train: best dev WER {100 * summary['best_dev_wer']:.1f}%, curves {run_dir / 'curves.png'}",
+    return [f"train: best dev WER {100 * summary['best_dev_wer']:.1f}% [plain WER], curves {run_dir / 'curves.png'}",
             *evaluate_checkpoint(Path(summary["checkpoint"]), manifest, cache, "test", out=run_dir,
                                  device=workflow.device)]

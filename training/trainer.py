@@ -323,7 +323,7 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
                   "steps": steps, "seconds": round(time.perf_counter() - started, 2),
                   "sequences_per_second": round(len(train_loader.dataset) / train_seconds, 2)}
         history.append(record)
-        log(f"epoch {epoch}: loss {record['train_loss']:.3f}, dev WER {100 * details.wer:.1f}%")
+        log(f"epoch {epoch}: loss {record['train_loss']:.3f}, dev WER {100 * details.wer:.1f}% [plain WER]")
         rng_states = distributed.gather_dict({rank: torch.get_rng_state()})
         if main:
             state = {"config": asdict(config), "vocabulary": run.vocabulary, "input_dims": dims,
