@@ -105,8 +105,9 @@ def test_unknown_stream(cache):
 
 def test_short_stream_names_resolve_to_feature_stages():
     stages = ["keypoints", "flow", "features.rgb", "features.flow"]
-    assert resolve_streams(["rgb", "flow", "keypoints", "features.rgb", "keypoint"], stages) == \
-        ["features.rgb", "flow", "keypoints", "features.rgb", "keypoint"]  # a stage's own name wins
+    assert resolve_streams(["rgb", "flow", "keypoints", "features.rgb", "keypoint", "=flow"], stages) == \
+        ["features.rgb", "features.flow", "keypoints", "features.rgb", "keypoint", "flow"]
+    assert resolve_streams(["flow"], ["flow"]) == ["flow"]  # no features stage: the raw one
 
 
 def test_manifest_path_and_all_splits(cache, tmp_path):

@@ -106,10 +106,12 @@ def rescale_time(x: np.ndarray, factor: float) -> np.ndarray:
 
 
 def resolve_streams(names: Sequence[str], stages: Sequence[str]) -> list[str]:
-    """Cache stages for stream names: a stage's own name, or a short name for a feature stage
-    (``rgb`` -> ``features.rgb``). A name that is neither is kept (the dataset reports it)."""
+    """Cache stages for stream names. A short name means the features stage whenever the cache
+    has one (``flow`` -> ``features.flow``, even beside the raw ``flow`` stage), else the stage of
+    that name; ``=flow`` asks for the stage named exactly ``flow``. A name that is none of these
+    is kept (the dataset reports it)."""
     stages = set(stages)
-    return [name if name in stages or f"features.{name}" not in stages else f"features.{name}"
+    return [name[1:] if name.startswith("=") else f"features.{name}" if f"features.{name}" in stages else name
             for name in names]
 
 

@@ -262,7 +262,10 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
     log = log if main else (lambda _: None)
     if main:
         run.out.mkdir(parents=True, exist_ok=True)
-    config = replace(config, streams=resolve_streams(config.streams, Cache(run.cache).stages()))
+    streams = resolve_streams(config.streams, Cache(run.cache).stages())
+    log("streams: " + ", ".join(name if name == stage else f"{name} -> {stage}"
+                                 for name, stage in zip(config.streams, streams)))
+    config = replace(config, streams=streams)
     seed_everything(config.seed)
     train_loader = make_loader(run, config, "train", True, rank, world_size)
     dev_loader = make_loader(run, config, "dev", False, rank, world_size)
