@@ -75,7 +75,8 @@ into flow chunks, carrying the last frame of each chunk into the next, so memory
 the chunk size, never by the video's length; :func:`iter_encode_flow` encodes such chunks for
 ``ShardWriter.write`` (whose ``attrs`` it fills once the chunks are consumed).
 
-Pictures: :func:`flow_to_color` (the ``rgb`` encoder, normalised per frame or by a fixed norm).
+Pictures: :func:`flow_to_color` (the ``rgb`` encoder, normalised per frame or by a fixed norm)
+and its legend, :func:`flow_color_wheel`.
 """
 
 from __future__ import annotations
@@ -490,6 +491,16 @@ def flow_to_color(flow: np.ndarray, max_norm: float | None = None) -> np.ndarray
         _norm(flow).reshape(len(flow), -1).max(1, initial=0)
     images = _colorize(flow, norms)
     return images[0] if single else images
+
+
+def flow_color_wheel(radius: int) -> np.ndarray:
+    """The legend of :func:`flow_to_color`: [2r+1, 2r+1, 3] uint8 whose pixel at offset (dx, dy)
+    from the centre has the colour of the flow (dx, dy) * m / r in a picture normalised to m px
+    (x right, y down: the pixel above the centre is the colour of upward motion (0, -m)). The
+    centre is white (no motion); pixels beyond the radius are saturated like speeds above m."""
+    offsets = np.arange(-radius, radius + 1, dtype=np.float32)
+    dy, dx = np.meshgrid(offsets, offsets, indexing="ij")
+    return flow_to_color(np.stack([dx, dy]), max_norm=float(radius))
 
 
 def _float16_ceil(values: np.ndarray) -> np.ndarray:

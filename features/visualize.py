@@ -64,6 +64,52 @@ def line_plot(values: np.ndarray, width: int, height: int, title: str,
     return image
 
 
+def disc_legend(square: np.ndarray, height: int, text: str) -> np.ndarray:
+    """A white tile ``height`` px high with the disc inscribed in ``square`` [D, D, 3] (e.g. a
+    colour wheel), outlined in grey, and ``text`` under it."""
+    size = len(square)
+    tile = np.full((height, size + 10, 3), BACKGROUND, np.uint8)
+    radius = (size - 1) / 2
+    yy, xx = np.mgrid[:size, :size]
+    inside = np.hypot(yy - radius, xx - radius) <= radius
+    tile[4:4 + size, 5:5 + size][inside] = square[inside]
+    centre = (5 + size // 2, 4 + size // 2)
+    cv2.circle(tile, centre, size // 2 + 1, (160, 160, 160), 1, cv2.LINE_AA)
+    cv2.putText(tile, text, (3, min(height - 4, size + 18)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, TEXT, 1, cv2.LINE_AA)
+    return tile
+
+
+CORRECT, ERROR = (20, 120, 40), (210, 30, 30)
+
+
+def alignment_panel(pairs: list[tuple[str, str | None, str | None]], width: int, title: str) -> np.ndarray:
+    """Reference over hypothesis, word by word, wrapped to ``width`` px: ``pairs`` are (op, ref,
+    hyp) with op C (correct: green), S, D or I (red, op letter under it; ``***`` on the missing
+    side of a deletion / insertion)."""
+    font, scale, line = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 15
+    start, gap = 40, 10
+    columns, x = [[]], start
+    for op, ref, hyp in pairs:
+        words = (ref or "***", hyp or "***")
+        column = max(cv2.getTextSize(word, font, scale, 1)[0][0] for word in words)
+        if x + column > width - 4 and columns[-1]:
+            columns.append([])
+            x = start
+        columns[-1].append((x, op, *words))
+        x += column + gap
+    image = np.full((18 + 3 * line * len(columns) + 4, width, 3), BACKGROUND, np.uint8)
+    cv2.putText(image, title, (3, 13), font, scale, TEXT, 1, cv2.LINE_AA)
+    for number, words in enumerate(columns):
+        top = 18 + 3 * line * number
+        for row, name in enumerate(("REF", "HYP")):
+            cv2.putText(image, name, (3, top + line * (row + 1) - 3), font, scale, TEXT, 1, cv2.LINE_AA)
+        for x, op, ref, hyp in words:
+            colour = CORRECT if op == "C" else ERROR
+            for row, word in enumerate((ref, hyp, "" if op == "C" else op)):
+                cv2.putText(image, word, (x, top + line * (row + 1) - 3), font, scale, colour, 1, cv2.LINE_AA)
+    return image
+
+
 def stack_rows(rows: list[np.ndarray]) -> np.ndarray:
     """Rows of possibly different widths, left-aligned on a white canvas."""
     width = max(row.shape[1] for row in rows)

@@ -7,20 +7,23 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cslr_pipe.features.flow import flow_to_color
+from cslr_pipe.features.flow import flow_color_wheel, flow_to_color
 from cslr_pipe.features.heatmaps import render_heatmaps
 from cslr_pipe.features.pose.wholebody import SKELETON
 from cslr_pipe.features.store import Cache
 from cslr_pipe.features.video import probe_video
-from cslr_pipe.features.visualize import (draw_skeleton, label, line_plot, overlay_heatmap,
-                                          pick_frames, read_frames_at, save_png, stack_rows)
+from cslr_pipe.features.visualize import (alignment_panel, disc_legend, draw_skeleton, label, line_plot,
+                                          overlay_heatmap, pick_frames, read_frames_at, save_png, stack_rows)
 from cslr_pipe.pipeline.manifest import ManifestRow
 
 FRAME_HEIGHT = 128
+WHEEL_RADIUS = 48
 
 
-def inspect_picture(row: ManifestRow, video: Path, cache: Cache | None, num_frames: int = 8) -> np.ndarray:
-    """A strip of frames of the video, with a panel for each cached result that can be drawn."""
+def inspect_picture(row: ManifestRow, video: Path, cache: Cache | None, num_frames: int = 8,
+                    checkpoint: Path | None = None, device: str = "auto") -> np.ndarray:
+    """A strip of frames of the video, with a panel for each cached result that can be drawn, and
+    with a ``checkpoint``, its hypothesis aligned with the reference (decoded from ``cache``)."""
     total = probe_video(video).num_frames
     data = cache.read(row.id) if cache is not None and row.id in cache else {}
     if "frame_mean" in data:
@@ -39,7 +42,25 @@ def inspect_picture(row: ManifestRow, video: Path, cache: Cache | None, num_fram
     if "frame_mean" in data:
         rows.append(line_plot(data["frame_mean"], strip.shape[1], 70,
                               "probe: mean R, G, B per frame", marks=indices))
+    if checkpoint is not None:
+        rows.append(hypothesis_panel(checkpoint, cache, row, strip.shape[1], device))
     return stack_rows(rows)
+
+
+def hypothesis_panel(checkpoint: Path, cache: Cache | None, row: ManifestRow, width: int,
+                     device: str = "auto") -> np.ndarray:
+    """The checkpoint's hypothesis for the video (as ``cslr-pipe eval`` decodes it) under its
+    reference, errors in red, with the sentence's WER."""
+    from cslr_pipe.training.evaluation import decode_video  # imports torch
+
+    if cache is None:
+        raise ValueError("decoding with a checkpoint needs the cache of the streams it was trained on")
+    details = decode_video(checkpoint, cache.root, row, device)
+    title = (f"{checkpoint.parent.name}/{checkpoint.name}: WER {100 * details.wer:.1f}% "
+             f"({details.substitutions} sub, {details.deletions} del, {details.insertions} ins "
+             f"of {details.reference_words} words)")
+    pairs = [(pair.op, pair.ref, pair.hyp) for pair in details.sentences[0].pairs]
+    return alignment_panel(pairs, width, title)
 
 
 def keypoint_rows(keypoints: np.ndarray, indices: np.ndarray, frames: list[np.ndarray],
@@ -57,7 +78,8 @@ def keypoint_rows(keypoints: np.ndarray, indices: np.ndarray, frames: list[np.nd
 
 
 def flow_row(flow: np.ndarray, indices: np.ndarray, frames: list[np.ndarray]) -> np.ndarray:
-    """The flow from each picked frame to the next, as colour-wheel images under the frames.
+    """The flow from each picked frame to the next, as colour-wheel images under the frames, and
+    the colour wheel as legend on the right (its rim: the tile's max speed; y points down).
 
     Each tile is scaled to its own largest speed, but to at least 2 px, so a still moment looks
     still instead of showing its sub-pixel noise at full saturation.
@@ -67,10 +89,12 @@ def flow_row(flow: np.ndarray, indices: np.ndarray, frames: list[np.ndarray]) ->
     colours = [flow_to_color(field, max_norm=max(2.0, float(peak))) for field, peak in zip(fields, peaks)]
     tiles = [label(cv2.resize(colour, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST),
                    f"flow, max {peak:.1f} px") for colour, frame, peak in zip(colours, frames, peaks)]
-    return np.concatenate(tiles, axis=1)
+    legend = label(disc_legend(flow_color_wheel(WHEEL_RADIUS), tiles[0].shape[0] - 18, "x right, y down"),
+                   "rim = max")
+    return np.concatenate([*tiles, legend], axis=1)
 
 
 def inspect_video(row: ManifestRow, video: Path, cache: Cache | None, out: Path,
-                  num_frames: int = 8) -> Path:
+                  num_frames: int = 8, checkpoint: Path | None = None, device: str = "auto") -> Path:
     """Draw :func:`inspect_picture` and save it as PNG at ``out``."""
-    return save_png(inspect_picture(row, video, cache, num_frames), out)
+    return save_png(inspect_picture(row, video, cache, num_frames, checkpoint, device), out)

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cslr_pipe.features.files import atomic_write_text
+from cslr_pipe.pipeline.manifest import ManifestRow
 from cslr_pipe.training.data import CachedSequenceDataset, collate_padded
 from cslr_pipe.training.metrics import WERDetails, wer_details, write_ctm, write_stm
 from cslr_pipe.training.phoenix import SCORERS, score_phoenix
@@ -26,6 +27,19 @@ MEAN = "mean-log-probs"
 def is_stochastic(model: torch.nn.Module) -> bool:
     """Whether the model's recognition draws random numbers (from ``model.config.sampling_seed``)."""
     return bool(getattr(model, "stochastic", False))
+
+
+def load_for_decoding(checkpoint: Path, device: str, model_options: dict | None = None,
+                      beam_width: int | None = None) -> tuple[torch.nn.Module, list[str], list[str], int]:
+    """The trained model, its vocabulary, its input streams, and the beam width (the trained one
+    unless given)."""
+    model, state = load_model(checkpoint, device, model_options)
+    return model, state["vocabulary"], state["config"]["streams"], beam_width or state["config"]["beam_width"]
+
+
+def sampling_seeds(model: torch.nn.Module, samples: int) -> list[int | None]:
+    """The x_T seeds a sampling model is decoded with (from its ``sampling_seed`` on); [None] else."""
+    return [model.config.sampling_seed + i for i in range(samples)] if is_stochastic(model) else [None]
 
 
 @torch.no_grad()
@@ -75,13 +89,11 @@ def evaluate_checkpoint(checkpoint: Path, manifest: Path, cache: Path, split: st
     names the scorer.
     """
     device = pick_device(device)
-    model, state = load_model(checkpoint, device, model_options)
-    vocabulary, streams = state["vocabulary"], state["config"]["streams"]
-    beam_width = beam_width or state["config"]["beam_width"]
+    model, vocabulary, streams, beam_width = load_for_decoding(checkpoint, device, model_options, beam_width)
     dataset = CachedSequenceDataset(cache, manifest, vocabulary, streams, split=split)
     loader = DataLoader(dataset, batch_size=8, shuffle=False, collate_fn=collate_padded)
     sampled = is_stochastic(model)
-    seeds = [model.config.sampling_seed + i for i in range(samples)] if sampled else [None]
+    seeds = sampling_seeds(model, samples)
     runs, refs = decode_seeds(model, loader, vocabulary, device, beam_width, seeds, sampled and mean_log_probs)
     dataset.close()
     ids = sorted(refs)
@@ -108,6 +120,21 @@ def evaluate_checkpoint(checkpoint: Path, manifest: Path, cache: Path, split: st
                      f"{len(seeds)} x_T seeds {seeds[0]}..{seeds[-1]}){scoring}")
     lines.append(f"hypotheses, sclite CTM/STM files: {out}/{stem}*")
     return lines
+
+
+def decode_video(checkpoint: Path, cache: Path, row: ManifestRow, device: str = "auto") -> WERDetails:
+    """One video decoded as ``cslr-pipe eval`` decodes it (a sampling model: with its first seed)
+    from its cached streams, and scored against its glosses (``.sentences[0]``: the alignment)."""
+    device = pick_device(device)
+    model, vocabulary, streams, beam_width = load_for_decoding(checkpoint, device)
+    dataset = CachedSequenceDataset(cache, [row], vocabulary, streams, split=None)
+    if not len(dataset):
+        raise ValueError(f"{row.id} has no cached {' and '.join(streams)} in {cache} to decode")
+    loader = DataLoader(dataset, batch_size=1, collate_fn=collate_padded)
+    runs, refs = decode_seeds(model, loader, vocabulary, device, beam_width, sampling_seeds(model, 1))
+    dataset.close()
+    (hyps,) = runs.values()
+    return wer_details([refs[row.id]], [hyps[row.id]])
 
 
 def score(ids: list[str], refs: dict, hyps: dict, phoenix: str | None, scorer: str | None = None) -> WERDetails:
