@@ -278,7 +278,7 @@ def load_slrt_file(path: str | Path) -> list[dict]:
         with opener(path, "rb") as handle:
             data = restricted_load(handle)
     except UnsafePickleError as error:
-        raise UnsafePickleError(f"{path}: {error}") from None
+        raise UnsafePickleError(f"{path}: {error} (nothing in the file was run)") from None
     except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError,
             IndexError, KeyError, RuntimeError) as error:
         raise FeatureFileError(f"{path}: not a readable feature pickle "

@@ -1,21 +1,26 @@
-"""The `cslr-pipe` command line. Exit codes: 0 all good, 1 some videos failed, 2 usage error."""
+"""The `cslr-pipe` command line. Exit codes: 0 all good, 1 some videos failed, 2 usage or input error.
+
+Torch, OpenCV, h5py and dask are imported inside the commands that use them, so that
+`cslr-pipe --help` and every `cslr-pipe COMMAND --help` answer at once.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from cslr_pipe.features.store import open_cache
-from cslr_pipe.features.video import VideoError
 from cslr_pipe.pipeline.manifest import (BadRow, ManifestError, build_vocabulary, read_manifest,
                                          write_manifest, write_vocabulary)
-from cslr_pipe.pipeline.runner import CacheConflict, RunOptions, ShardResult, run_stage, video_path
-from cslr_pipe.pipeline.stages import get_stage
+
+if TYPE_CHECKING:
+    from cslr_pipe.pipeline.runner import ShardResult
 
 
 class Failed(click.ClickException):
@@ -24,24 +29,32 @@ class Failed(click.ClickException):
     exit_code = 1
 
 
+class InputError(click.ClickException):
+    """A file the user gave cannot be used: one line `Error: <path>: <reason>`, exit code 2."""
+
+    exit_code = 2
+
+
 def fail_usage(message: str) -> None:
     raise click.UsageError(message)
 
 
-def report(results: list[ShardResult]) -> None:
+def fail_input(message: str) -> None:
+    raise InputError(message)
+
+
+def report(results: list[ShardResult], per_stage: bool = True) -> None:
     """One line per failed video on stderr, a summary per stage on stdout; exit 1 on failures."""
-    failed = 0
-    for stage in dict.fromkeys(r.stage for r in results):
+    for result in results:
+        for video_id, reason in result.failed.items():
+            click.echo(f"failed: {result.stage} {video_id}: {reason}", err=True)
+    for stage in dict.fromkeys(r.stage for r in results) if per_stage else ():
         mine = [r for r in results if r.stage == stage]
-        for result in mine:
-            for video_id, reason in result.failed.items():
-                click.echo(f"failed: {stage} {video_id}: {reason}", err=True)
-        bad = sum(len(r.failed) for r in mine)
-        failed += bad
         click.echo(f"{stage}: {sum(r.computed for r in mine)} computed, "
                    f"{sum(r.reused for r in mine)} reused, "
                    f"{sum(r.skipped for r in mine)} of {len(mine)} shards already complete, "
-                   f"{bad} failed")
+                   f"{sum(len(r.failed) for r in mine)} failed")
+    failed = sum(len(r.failed) for r in results)
     if failed:
         raise Failed(f"{failed} video(s) failed (listed above); fix them and re-run to retry only those")
 
@@ -52,7 +65,17 @@ def read_rows(manifest: Path) -> tuple[list, list[BadRow]]:
     rows = read_manifest(manifest, bad_rows)
     for bad in bad_rows:
         click.echo(f"skipped manifest row: {bad}", err=True)
+    if not rows:
+        fail_input(f"{manifest}: none of its {len(bad_rows)} row(s) can be used (listed above)" if bad_rows
+                   else f"{manifest}: empty manifest (no rows)")
     return rows, bad_rows
+
+
+def require_split(manifest: Path, rows: list, split: str) -> None:
+    """Exit 2 when the manifest has no rows of ``split`` (training or scoring nothing)."""
+    if not any(row.split == split for row in rows):
+        fail_input(f"{manifest}: no rows of split {split!r} (splits present: "
+                   f"{', '.join(sorted({row.split for row in rows}))})")
 
 
 def finish(results: list[ShardResult], bad_rows: list[BadRow]) -> None:
@@ -61,14 +84,23 @@ def finish(results: list[ShardResult], bad_rows: list[BadRow]) -> None:
         raise Failed(f"{len(bad_rows)} manifest row(s) skipped (listed above)")
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean an input cannot be used. Those of modules not imported yet cannot
+    have been raised, so they are looked up without importing anything (torch, cv2)."""
+    lazy = {"cslr_pipe.pipeline.runner": "CacheConflict", "cslr_pipe.features.video": "VideoError",
+            "cslr_pipe.features.imported": "UnsafePickleError", "yaml": "YAMLError"}
+    return (ManifestError, ValueError, FileNotFoundError,
+            *(getattr(sys.modules[module], name) for module, name in lazy.items() if module in sys.modules))
+
+
 def handle_errors(function):
     """Turn the errors a user can fix into one-line messages with exit code 2."""
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except (ManifestError, CacheConflict, ValueError, FileNotFoundError, VideoError) as error:
-            raise click.UsageError(str(error)) from None
+        except user_errors() as error:
+            fail_input(" ".join(str(error).split()))
     return wrapper
 
 
@@ -84,7 +116,7 @@ def stage_options(function):
         click.option("--shard-size", default=32, show_default=True, type=click.IntRange(min=1),
                      help="Videos per shard (keep it equal across stages and re-runs)."),
         click.option("--shard-index", default=0, show_default=True, type=click.IntRange(min=0),
-                     help="Run only shards k with k %% num-shards == shard-index (Slurm: $SLURM_ARRAY_TASK_ID)."),
+                     help="Run only shards k with k % num-shards == shard-index (Slurm: $SLURM_ARRAY_TASK_ID)."),
         click.option("--num-shards", default=1, show_default=True, type=click.IntRange(min=1),
                      help="Number of array tasks sharing the work (Slurm: $SLURM_ARRAY_TASK_COUNT)."),
         click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), default="gzip",
@@ -100,6 +132,9 @@ def stage_options(function):
 def run_stage_command(stage_name: str, config: dict, manifest: Path, out: Path, root: Path | None,
                       shard_size: int, shard_index: int, num_shards: int, compression: str,
                       force: bool, quiet: bool, device: str = "cpu") -> None:
+    from cslr_pipe.pipeline.runner import RunOptions, run_stage
+    from cslr_pipe.pipeline.stages import get_stage
+
     if shard_index >= num_shards:
         fail_usage(f"--shard-index {shard_index} must be smaller than --num-shards {num_shards}")
     rows, bad_rows = read_rows(manifest)
@@ -110,11 +145,17 @@ def run_stage_command(stage_name: str, config: dict, manifest: Path, out: Path, 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cslr-pipe")
-def main() -> None:
+@click.option("--verbose", is_flag=True,
+              help="Show every library's log lines (MediaPipe, dask) [env: CSLR_PIPE_VERBOSE=1].")
+def main(verbose: bool) -> None:
     """Preprocessing, feature caching and trainers for continuous sign language recognition.
 
     Start with `cslr-pipe demo`; see `cslr-pipe COMMAND --help` for each stage.
     """
+    if verbose:  # through the environment, so that worker processes see it too
+        from cslr_pipe.features.quiet import set_verbose
+
+        set_verbose(True)
 
 
 @main.command("manifest")
@@ -166,6 +207,20 @@ def probe(**common) -> None:
     run_stage_command("probe", {}, **common)
 
 
+def yaml_error_line(source: Path | str, error: Exception) -> str:
+    """One line for a YAML file that safe_load refused or could not parse, naming the place."""
+    import yaml
+
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f"{source}: line {mark.line + 1}, column {mark.column + 1}" if mark else f"{source}"
+    problem = " ".join(str(getattr(error, "problem", None) or error).split())
+    tag = re.search(r"tag '([^']*)'", problem)
+    if isinstance(error, yaml.constructor.ConstructorError) and tag:
+        return (f"{where}: tag {tag.group(1).replace('tag:yaml.org,2002:', '!!')} refused: YAML is read with "
+                f"safe_load, which builds no Python objects, so nothing in it was run")
+    return f"{where}: not valid YAML ({problem})"
+
+
 def parse_options(pairs: tuple[str, ...]) -> dict:
     """KEY=VALUE pairs into a dict; values are read as YAML scalars (1, 0.5, true, text)."""
     import yaml
@@ -175,7 +230,10 @@ def parse_options(pairs: tuple[str, ...]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             fail_usage(f"expected KEY=VALUE, got {pair!r}")
-        options[key] = yaml.safe_load(value)
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            fail_usage(yaml_error_line(f"option {pair!r}", error))
     return options
 
 
@@ -201,6 +259,8 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
 def extract_keypoints(backend: str, weights: Path | None, backend_options: tuple[str, ...],
                       export_dir: Path | None, device: str, **common) -> None:
     """Whole-body keypoints [T, 133, 3] (x, y, score in source pixels) per video (stage `keypoints`)."""
+    from cslr_pipe.features.store import open_cache
+
     config = {"backend": backend, "weights": str(weights) if weights else None,
               "options": parse_options(backend_options)}
     try:
@@ -332,9 +392,15 @@ def render_heatmaps(sigma: float, size: tuple[int, int], points: str, **common) 
 def run(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path | None,
         scheduler: str | None, workers: int | None, force: bool, quiet: bool) -> None:
     """Run a workflow YAML (a DAG of stages) on dask: a local cluster, a scheduler, or Slurm."""
-    from cslr_pipe.pipeline.dag import load_workflow, run_workflow, train_after_stages
+    import yaml
 
-    workflow = load_workflow(workflow_file)
+    from cslr_pipe.pipeline.dag import load_workflow, run_workflow, train_after_stages
+    from cslr_pipe.pipeline.runner import RunOptions
+
+    try:
+        workflow = load_workflow(workflow_file)
+    except yaml.YAMLError as error:
+        fail_input(yaml_error_line(workflow_file, error))
     manifest = manifest or workflow.manifest
     out = out or workflow.out
     if manifest is None or out is None:
@@ -348,7 +414,7 @@ def run(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path
     results = run_workflow(workflow, rows, options, scheduler, progress=not quiet)
     if workflow.train and not any(r.failed for r in results):
         vocabulary = load_vocabulary_for(manifest, None, rows)
-        for line in train_after_stages(workflow, manifest, vocabulary, options.out, log=click.echo):
+        for line in train_after_stages(workflow, manifest, vocabulary, options.out, log=click.echo).lines:
             click.echo(line)
     finish(results, bad_rows)
 
@@ -358,6 +424,8 @@ def run(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path
 @handle_errors
 def info(cache_dir: Path) -> None:
     """What a cache holds: per stage, the videos done and failed and how they were made."""
+    from cslr_pipe.features.store import open_cache
+
     cache = open_cache(cache_dir)
     if not cache.stages():
         click.echo(f"{cache_dir}: no committed shards")
@@ -386,22 +454,28 @@ def load_vocabulary_for(manifest: Path, vocab: Path | None, rows) -> list[str]:
 
 @main.command()
 @click.argument("model")
-@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--cache", "cache_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Manifest of the videos; its train and dev splits are used.")
+@click.option("--cache", "cache_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Cache folder holding the streams (from the stage commands or `run`).")
 @click.option("--streams", default="features.rgb", show_default=True,
               help="Comma-separated cached streams the model reads: cache stages (features.rgb, keypoints) "
-                   "or short names of feature stages (rgb,keypoint,flow).")
+                   "or short names, which mean the features stage when there is one (rgb,keypoint,flow -> "
+                   "features.rgb,...); =flow for the stage named exactly flow.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
 @click.option("--vocab", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Vocabulary [default: MANIFEST.vocab.json or vocabulary.json beside it].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="All epochs, every phase together [default: the model's, see docs/training.md].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: the model's]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Videos per training batch [default: the model's].")
 @click.option("--lr", type=float, default=None, help="Initial learning rate [default: the model's].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Random seed of initial weights, batch order and augmentation.")
 @click.option("--beam-width", type=click.IntRange(min=1), default=1, show_default=True,
               help="CTC decoding for evaluation: 1 = greedy, more = prefix beam search.")
-@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Data-loading worker processes (0 = load in the training process).")
 @click.option("--rescale", type=(float, float), default=None, metavar="LO HI",
               help="Temporal rescaling augmentation: resample each training video by a factor in [LO, HI] "
                    "(e.g. 0.5 1.5) [default: off].")
@@ -430,6 +504,10 @@ def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, 
         fail_usage(f"--fusion applies to the fusion model, not {model}")
     options = {**parse_options(model_options), **({"fusion": fusion} if fusion else {})}
     rows, _ = read_rows(manifest)
+    require_split(manifest, rows, "train")
+    if resume and not (out / "last.pt").is_file():
+        fail_input(f"{out / 'last.pt'}: no checkpoint to resume from (--resume continues the run in --out; "
+                   f"leave it out to start a new run)")
     config = TrainConfig.for_model(model, streams=[s.strip() for s in streams.split(",") if s.strip()],
                                    epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                                    beam_width=beam_width, num_workers=num_workers,
@@ -448,10 +526,14 @@ def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, 
 
 
 @main.command("eval")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--cache", "cache_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True)
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Checkpoint written by `cslr-pipe train` (RUN/best.pt or RUN/last.pt).")
+@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Manifest of the videos to score.")
+@click.option("--cache", "cache_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Cache folder holding the streams the model was trained on.")
+@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True,
+              help="Manifest split to decode and score.")
 @click.option("--beam-width", type=click.IntRange(min=1), default=None,
               help="CTC decoding [default: as in training].")
 @click.option("--phoenix", type=click.Choice(["phoenix2014", "phoenix2014t"]), default=None,
@@ -476,10 +558,11 @@ def evaluate_command(checkpoint: Path, manifest: Path, cache_dir: Path, split: s
     """Word error rate of a trained model on a split, with substitution/deletion/insertion rates."""
     from cslr_pipe.training.evaluation import evaluate_checkpoint
 
-    report_lines = evaluate_checkpoint(checkpoint, manifest, cache_dir, split, beam_width, phoenix,
-                                       out or checkpoint.parent, device, parse_options(model_options),
-                                       samples, mean_log_probs, scorer)
-    for line in report_lines:
+    require_split(manifest, read_rows(manifest)[0], split)
+    evaluation = evaluate_checkpoint(checkpoint, manifest, cache_dir, split, beam_width, phoenix,
+                                     out or checkpoint.parent, device, parse_options(model_options),
+                                     samples, mean_log_probs, scorer)
+    for line in evaluation.lines:
         click.echo(line)
 
 
@@ -536,25 +619,35 @@ def score(hyp_file: Path, ref_file: Path, dataset: str, scorer: str | None, repo
               help="PNG file to write.")
 @click.option("--frames", "num_frames", type=click.IntRange(min=1, max=32), default=8, show_default=True,
               help="Frames in the strip.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Also decode the video with this trained model (from its streams in --cache) and draw "
+                   "its hypothesis under the reference, errors marked, with the WER.")
+@device_option
 @handle_errors
 def inspect(video_id: str, manifest: Path, cache_dir: Path | None, root: Path | None, out: Path,
-            num_frames: int) -> None:
-    """Draw one video's frames and what the cache holds for it into a PNG."""
+            num_frames: int, checkpoint: Path | None, device: str) -> None:
+    """Draw one video's frames and what the cache holds for it into a PNG.
+
+    Flow is drawn as colour (hue: direction, saturation: speed) with a colour-wheel legend;
+    --checkpoint adds the model's hypothesis aligned with the reference glosses.
+    """
+    from cslr_pipe.features.store import open_cache
     from cslr_pipe.pipeline.inspect import inspect_video
+    from cslr_pipe.pipeline.runner import video_path
 
     rows = {row.id: row for row in read_manifest(manifest)}
     if video_id not in rows:
         fail_usage(f"{video_id} is not in {manifest}")
     row = rows[video_id]
     cache = open_cache(cache_dir) if cache_dir else None
-    path = inspect_video(row, video_path(row, root or manifest.parent), cache, out, num_frames)
+    path = inspect_video(row, video_path(row, root or manifest.parent), cache, out, num_frames, checkpoint, device)
     click.echo(f"wrote {path}")
 
 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("cslr-demo"),
               show_default=True, help="Folder for the demo corpus and its cache.")
-@click.option("--videos", type=click.IntRange(min=6), default=48, show_default=True,
+@click.option("--videos", type=click.IntRange(min=6), default=48, show_default=True,  # = demo.DEMO_VIDEOS
               help="Number of synthetic videos.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Workers of the local dask cluster.")
@@ -563,9 +656,12 @@ def inspect(video_id: str, manifest: Path, cache_dir: Path | None, root: Path | 
 @handle_errors
 def demo(out: Path, videos: int, workers: int, fusion: str | None) -> None:
     """Offline end-to-end run on a generated corpus, on embedded defaults (minutes on 2 CPUs)."""
-    from cslr_pipe.pipeline.demo import run_demo
+    from cslr_pipe.pipeline.demo import run_demo, summary_lines
 
-    report(run_demo(out, videos, workers, echo=click.echo, fusion=fusion))
+    result = run_demo(out, videos, workers, echo=click.echo, fusion=fusion)
+    for line in summary_lines(result):
+        click.echo(line)
+    report(result.results, per_stage=False)
 
 
 if __name__ == "__main__":
