@@ -22,12 +22,15 @@ workflow also runs; a required stage that the workflow does not run must already
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import yaml
+from tqdm import tqdm
 
+from cslr_pipe.features.quiet import is_verbose
 from cslr_pipe.features.store import load_records, write_index
 from cslr_pipe.pipeline.manifest import ManifestRow
 from cslr_pipe.pipeline.runner import RunOptions, ShardResult, plan_shards, run_shard
@@ -135,7 +138,11 @@ def connect(cluster: dict, scheduler: str | None = None) -> Iterator[object]:
     if kind == "local":
         spec.setdefault("n_workers", 2)
         spec.setdefault("threads_per_worker", 1)
-        spec.setdefault("dashboard_address", None)
+        if spec.setdefault("dashboard_address", None) is None:
+            # without a dashboard the scheduler still serves HTTP, by default on port 8787 (and
+            # warns when that is taken): any free local port will do
+            spec["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0", **spec.get("scheduler_kwargs", {})}
+        spec.setdefault("silence_logs", False if is_verbose() else logging.ERROR)  # nanny warnings
         with LocalCluster(**spec) as local, Client(local) as client:
             yield client
     elif kind == "slurm":
@@ -156,28 +163,73 @@ def slurm_cluster(spec: dict):
     return SLURMCluster(**spec)
 
 
+def stage_totals(keys: list[tuple[str, int]], shard_sizes: list[int]) -> dict[str, int]:
+    """Videos per stage over the (stage, shard) tasks, stages in the order they first appear."""
+    totals: dict[str, int] = {}
+    for stage, shard in keys:
+        totals[stage] = totals.get(stage, 0) + shard_sizes[shard]
+    return totals
+
+
+class StageProgress:
+    """One progress bar per stage, in videos: each finished (stage, shard) task adds its shard's."""
+
+    BAR_FORMAT = "{desc}  {bar:20} {n_fmt}/{total_fmt} videos {rate_noinv_fmt}  {elapsed}<{remaining}"
+
+    def __init__(self, keys: list[tuple[str, int]], shard_sizes: list[int], disable: bool = False):
+        self.shard_sizes = shard_sizes
+        totals = stage_totals(keys, shard_sizes)
+        width = max(map(len, totals), default=0)
+        self.bars = {stage: tqdm(total=total, desc=stage.ljust(width), unit=" videos", position=position,
+                                 bar_format=self.BAR_FORMAT, disable=disable)
+                     for position, (stage, total) in enumerate(totals.items())}
+
+    def finished(self, key: tuple[str, int]) -> None:
+        stage, shard = key
+        self.bars[stage].update(self.shard_sizes[shard])
+
+    def __enter__(self) -> "StageProgress":
+        return self
+
+    def __exit__(self, *_) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
 def run_workflow(workflow: Workflow, rows: list[ManifestRow], options: RunOptions,
                  scheduler: str | None = None, progress: bool = True) -> list[ShardResult]:
-    """Run every (stage, shard) task on dask; returns one result per task."""
+    """Run every (stage, shard) task on dask, a progress bar per stage; one result per task."""
     from dask.distributed import as_completed
-    from tqdm import tqdm
 
     tasks = build_graph(workflow, rows, options)
     keys = list(tasks)
-    with connect(workflow.cluster, scheduler) as client:
+    shard_sizes = [len(shard) for shard in plan_shards(rows, options.shard_size)]
+    with (connect(workflow.cluster, scheduler) as client,
+          StageProgress(keys, shard_sizes, disable=not progress) as bars):
         futures = client.compute([tasks[key] for key in keys])
         key_of = {future.key: key for future, key in zip(futures, keys)}
         results = {}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="workflow",
-                           unit="shard", disable=not progress):
-            results[key_of[future.key]] = future.result()
+        for future in as_completed(futures):
+            key = key_of[future.key]
+            results[key] = future.result()
+            bars.finished(key)
     for stage in dict.fromkeys(stage for stage, _ in keys):
         write_index(options.out / stage)
     return [results[key] for key in keys]
 
 
+@dataclass
+class TrainingReport:
+    """What :func:`train_after_stages` did: printable lines, the best dev WER, the test score."""
+
+    lines: list[str]
+    best_dev_wer: float
+    test: object  # WERDetails of the best checkpoint on test
+    run_dir: Path
+
+
 def train_after_stages(workflow: Workflow, manifest: Path, vocabulary: list[str], cache: Path,
-                       log=print) -> list[str]:
+                       log=print, progress: bool = True) -> TrainingReport:
     """The workflow's `train` section: train on the cache, then score the best model on test."""
     from cslr_pipe.training.evaluation import evaluate_checkpoint
     from cslr_pipe.training.trainer import Run, TrainConfig, train
@@ -185,7 +237,9 @@ def train_after_stages(workflow: Workflow, manifest: Path, vocabulary: list[str]
     options = {"device": workflow.device, **workflow.train}
     config = TrainConfig.for_model(options.pop("model", "ctc"), **options)
     run_dir = cache / "runs" / config.model
-    summary = train(config, Run(manifest, vocabulary, cache, run_dir), log=log)
-    return [f"train: best dev WER {100 * summary['best_dev_wer']:.1f}% [plain WER], curves {run_dir / 'curves.png'}",
-            *evaluate_checkpoint(Path(summary["checkpoint"]), manifest, cache, "test", out=run_dir,
-                                 device=workflow.device)]
+    summary = train(config, Run(manifest, vocabulary, cache, run_dir), log=log, progress=progress)
+    evaluation = evaluate_checkpoint(Path(summary["checkpoint"]), manifest, cache, "test", out=run_dir,
+                                     device=workflow.device)
+    lines = [f"train: best dev WER {100 * summary['best_dev_wer']:.1f}% [plain WER], curves {run_dir / 'curves.png'}",
+             *evaluation.lines]
+    return TrainingReport(lines, summary["best_dev_wer"], evaluation.first, run_dir)

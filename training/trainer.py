@@ -2,10 +2,11 @@
 
 Linear, top to bottom (nanoGPT style): build data, model and optimiser from a TrainConfig; each
 epoch trains, then decodes dev and keeps the checkpoint with the lowest dev WER. Every number goes
-to ``RUN_DIR/log.jsonl`` and the curves to ``RUN_DIR/curves.png``. A model is a torch Module with
-``losses(batch) -> dict`` (its entry "loss" is optimised) and ``recognize(batch) -> (log_probs
-[B, T, C], lengths [B])``, built by name from :data:`MODELS`; ``forward(batch)`` returns the losses
-(DistributedDataParallel calls it).
+to ``RUN_DIR/log.jsonl`` and to TensorBoard event files beside it (`tensorboard --logdir RUN_DIR`),
+the curves to ``RUN_DIR/curves.png``. A model is a torch Module with ``losses(batch) -> dict``
+(its entry "loss" is optimised) and ``recognize(batch) -> (log_probs [B, T, C], lengths [B])``,
+built by name from :data:`MODELS`; ``forward(batch)`` returns the losses (DistributedDataParallel
+calls it).
 
 A model may train in phases (DiffSign: stage 1, then stage 2 with parts frozen): it then has
 ``phases(epochs) -> [(name, epochs), ...]`` and ``set_phase(name)``, and every phase gets a fresh
@@ -26,13 +27,16 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from cslr_pipe.training import distributed
 from cslr_pipe.features.store import Cache
+from cslr_pipe.features.weights import CheckpointError, load_torch_file
 from cslr_pipe.training.data import (Augmentation, CachedSequenceDataset, LengthBucketSampler, collate_padded,
                                      resolve_streams)
 from cslr_pipe.training.decoding import beam_search_decode, greedy_decode
 from cslr_pipe.training.metrics import WERDetails, wer_details
+from cslr_pipe.training.tensorboard_events import EventWriter
 
 CHECKPOINT_VERSION = 1
 
@@ -241,18 +245,37 @@ def save_checkpoint(path: Path, **state) -> None:
     tmp.replace(path)
 
 
+CHECKPOINT_KEYS = ("config", "vocabulary", "input_dims", "model")
+
+
 def load_checkpoint(path: str | Path, device: str = "cpu") -> dict:
-    return torch.load(path, map_location=device, weights_only=True)
+    """A checkpoint written by :func:`save_checkpoint`, loaded with weights_only=True; a file that is
+    unreadable, refused as unsafe or not a cslr-pipe checkpoint raises CheckpointError (one line)."""
+    state = load_torch_file(path, map_location=device)
+    missing = [key for key in CHECKPOINT_KEYS if key not in state] if isinstance(state, dict) else CHECKPOINT_KEYS
+    if missing:
+        found = f"a dict without {', '.join(missing)}" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise CheckpointError(f"{path}: not a cslr-pipe checkpoint ({found}); `cslr-pipe train` writes "
+                              f"best.pt and last.pt")
+    return state
+
+
+def epoch_scalars(record: dict) -> dict[str, float]:
+    """An epoch record's TensorBoard scalars: train/<loss term>, dev/wer and lr."""
+    train_terms = {f"train/{key[len('train_'):]}": value for key, value in record.items()
+                   if key.startswith("train_")}
+    return {**train_terms, "dev/wer": record["dev_wer"], "lr": record["lr"]}
 
 
 def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[str], None] = print,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, progress: bool = True) -> dict:
     """Train and evaluate; returns a summary (best dev WER, the best checkpoint).
 
-    ``stop_after`` ends this invocation after that many epochs (for jobs with a wall-time limit:
-    the next job resumes with ``resume=True`` and the result equals an uninterrupted run).
-    Under torchrun every process trains on its share of each epoch's batches (DDP); rank 0 logs
-    and writes the checkpoints.
+    ``progress`` shows a bar over each epoch's batches (only on a terminal). ``stop_after`` ends
+    this invocation after that many epochs (for jobs with a wall-time limit: the next job resumes
+    with ``resume=True`` and the result equals an uninterrupted run). Under torchrun every
+    process trains on its share of each epoch's batches (DDP); rank 0 logs and writes the
+    checkpoints and the TensorBoard events.
     """
     rank, world_size, local_rank = distributed.init_distributed()
     device = pick_device(config.device)
@@ -262,6 +285,7 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
     log = log if main else (lambda _: None)
     if main:
         run.out.mkdir(parents=True, exist_ok=True)
+        events = EventWriter(run.out)  # a resumed run adds a new event file
     streams = resolve_streams(config.streams, Cache(run.cache).stages())
     log("streams: " + ", ".join(name if name == stage else f"{name} -> {stage}"
                                  for name, stage in zip(config.streams, streams)))
@@ -307,7 +331,9 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
         model.train()
         start_epoch(train_loader, epoch)
         started, totals, steps = time.perf_counter(), {}, 0
-        for batch in train_loader:
+        batches = tqdm(train_loader, desc=f"epoch {epoch}", unit="batch", leave=False,
+                       disable=None if progress and main else True)  # None: off unless a terminal
+        for batch in batches:
             batch = to_device(batch, device)
             with autocast:
                 losses = step_model(batch)
@@ -318,6 +344,7 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + float(value.detach())
             steps += 1
+            batches.set_postfix(loss=f"{totals['loss'] / steps:.3f}", refresh=False)
         scheduler.step()
         train_seconds = time.perf_counter() - started
         details, _, _ = evaluate(model, dev_loader, run.vocabulary, device, config.beam_width)
@@ -326,7 +353,9 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
                   "steps": steps, "seconds": round(time.perf_counter() - started, 2),
                   "sequences_per_second": round(len(train_loader.dataset) / train_seconds, 2)}
         history.append(record)
-        log(f"epoch {epoch}: loss {record['train_loss']:.3f}, dev WER {100 * details.wer:.1f}% [plain WER]")
+        eta = (end - epoch - 1) * np.mean([h["seconds"] for h in history])
+        log(f"epoch {epoch}: loss {record['train_loss']:.3f}, dev WER {100 * details.wer:.1f}% [plain WER], "
+            f"{record['seconds']:.1f} s, ETA {tqdm.format_interval(eta)}")
         rng_states = distributed.gather_dict({rank: torch.get_rng_state()})
         if main:
             state = {"config": asdict(config), "vocabulary": run.vocabulary, "input_dims": dims,
@@ -336,6 +365,7 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
             save_checkpoint(last, **state, best_dev_wer=min(best, details.wer), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), torch_rng=[rng_states[r] for r in range(world_size)])
             write_logs(history, run.out)
+            events.add_scalars(epoch, epoch_scalars(record))
         best = min(best, details.wer)
         distributed.barrier()
     return {"best_dev_wer": best, "epochs": len(history), "checkpoint": str(run.out / "best.pt")}
@@ -354,15 +384,16 @@ def write_logs(history: list[dict], out: Path) -> None:
 
 
 def draw_curves(history: list[dict], path: Path) -> None:
-    """Training loss and dev WER per epoch, as a PNG."""
-    from cslr_pipe.features.visualize import line_plot, save_png, stack_rows
+    """Training loss and dev WER per epoch, as a PNG with numbered axes."""
+    from cslr_pipe.features.visualize import chart, save_png, stack_rows
 
     if not history:
         return
-    loss = np.array([h["train_loss"] for h in history])
-    wer = np.array([100 * h["dev_wer"] for h in history])
-    save_png(stack_rows([line_plot(loss, 480, 120, "train loss per epoch"),
-                         line_plot(wer, 480, 120, "dev WER % per epoch")]), path)
+    epochs = [h["epoch"] for h in history]
+    loss = [h["train_loss"] for h in history]
+    wer = [100 * h["dev_wer"] for h in history]
+    save_png(stack_rows([chart(epochs, loss, 480, 180, "train loss"),
+                         chart(epochs, wer, 480, 180, "dev WER %")]), path)
 
 
 def load_model(checkpoint: str | Path, device: str = "cpu",

