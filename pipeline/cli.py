@@ -647,7 +647,7 @@ def inspect(video_id: str, manifest: Path, cache_dir: Path | None, root: Path | 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("cslr-demo"),
               show_default=True, help="Folder for the demo corpus and its cache.")
-@click.option("--videos", type=click.IntRange(min=6), default=48, show_default=True,  # = demo.DEMO_VIDEOS
+@click.option("--videos", type=click.IntRange(min=6), default=96, show_default=True,  # = demo.DEMO_VIDEOS
               help="Number of synthetic videos.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Workers of the local dask cluster.")

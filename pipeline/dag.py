@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -112,6 +114,7 @@ def build_graph(workflow: Workflow, rows: list[ManifestRow], options: RunOptions
     plan = plan_shards(rows, options.shard_size)
     tasks: dict[tuple[str, int], object] = {}
     for stage, config in stages:
+        stage.warn_random_weights(config)
         for shard, shard_rows in enumerate(plan):
             after = [tasks[(required, shard)] for required in stage.requires if required in in_workflow]
             tasks[(stage.name, shard)] = delayed(_run_after, pure=False, name=f"{stage.name}-{shard}")(
@@ -172,21 +175,32 @@ def stage_totals(keys: list[tuple[str, int]], shard_sizes: list[int]) -> dict[st
 
 
 class StageProgress:
-    """One progress bar per stage, in videos: each finished (stage, shard) task adds its shard's."""
+    """One progress bar per stage, in videos: each finished (stage, shard) task adds its shard's.
+
+    Bars need a terminal; in a log file (a batch job's) a line says when each stage is complete.
+    """
 
     BAR_FORMAT = "{desc}  {bar:20} {n_fmt}/{total_fmt} videos {rate_noinv_fmt}  {elapsed}<{remaining}"
 
     def __init__(self, keys: list[tuple[str, int]], shard_sizes: list[int], disable: bool = False):
         self.shard_sizes = shard_sizes
-        totals = stage_totals(keys, shard_sizes)
-        width = max(map(len, totals), default=0)
+        self.totals = stage_totals(keys, shard_sizes)
+        self.done = dict.fromkeys(self.totals, 0)
+        self.lines = not disable and not sys.stderr.isatty()
+        self.started = time.perf_counter()
+        width = max(map(len, self.totals), default=0)
         self.bars = {stage: tqdm(total=total, desc=stage.ljust(width), unit=" videos", position=position,
-                                 bar_format=self.BAR_FORMAT, disable=disable)
-                     for position, (stage, total) in enumerate(totals.items())}
+                                 bar_format=self.BAR_FORMAT, disable=disable or self.lines)
+                     for position, (stage, total) in enumerate(self.totals.items())}
 
     def finished(self, key: tuple[str, int]) -> None:
         stage, shard = key
         self.bars[stage].update(self.shard_sizes[shard])
+        self.done[stage] += self.shard_sizes[shard]
+        if self.lines and self.done[stage] == self.totals[stage]:
+            elapsed = tqdm.format_interval(time.perf_counter() - self.started)
+            print(f"{stage}: {self.totals[stage]} videos, complete {elapsed} after the start", file=sys.stderr,
+                  flush=True)
 
     def __enter__(self) -> "StageProgress":
         return self

@@ -138,6 +138,7 @@ def run_stage(stage: Stage, config: dict, rows: list[ManifestRow], options: RunO
               shard_index: int = 0, num_shards: int = 1) -> list[ShardResult]:
     """Run this task's shards of a stage in this process, then refresh the stage's index."""
     config = stage.resolve_config(config)
+    stage.warn_random_weights(config)
     for required in stage.requires:
         if not load_records(options.out / required):
             raise ValueError(f"stage {stage.name} needs {required} results in {options.out}: "

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import importlib
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from cslr_pipe.features.backbones import RANDOM_INIT, backbone_factory, build_backbone
+from cslr_pipe.features.backbones import RANDOM_INIT, RandomWeightsWarning, backbone_factory, build_backbone
 from cslr_pipe.features.flow import (DEFAULT_BOUND, DEFAULT_STORAGE, build_flow_backend,
                                     flow_backend_factory, iter_encode_flow, iter_flow)
 from cslr_pipe.features.heatmaps import iter_heatmaps
@@ -81,6 +82,13 @@ class Stage:
                              f"known: {', '.join(sorted(self.defaults)) or 'none'}")
         config = {**self.defaults, **config}
         return self.complete(config) if self.complete else config
+
+    def warn_random_weights(self, config: dict) -> None:
+        """One RandomWeightsWarning for a run of this stage with ``weights: none`` (its workers stay quiet)."""
+        if config.get("weights") == RANDOM_INIT:
+            warnings.warn(f"{self.name}: weights 'none' is a randomly initialised {config.get('backbone', 'network')}; "
+                          "its features are useless for research (fine only for the offline demo)",
+                          RandomWeightsWarning, stacklevel=3)
 
     def provenance(self, config: dict) -> Provenance:
         """What the results depend on: the weights file enters by its sha256, not its path."""
@@ -269,8 +277,10 @@ class _FeatureExtractor:
 
     def __init__(self, stream: str, config: dict, device: str):
         self.stream, self.config = stream, config
-        self.backbone = build_backbone(config["backbone"], stream, config["weights"], resolve_device(device),
-                                       batch_size=32, **config["options"])
+        with warnings.catch_warnings():  # said once per run by warn_random_weights, not per shard
+            warnings.simplefilter("ignore", RandomWeightsWarning)
+            self.backbone = build_backbone(config["backbone"], stream, config["weights"], resolve_device(device),
+                                           batch_size=32, **config["options"])
 
     def chunks(self, item: VideoItem):
         """The stream of one video in natural units, in chunks along time."""

@@ -11,7 +11,10 @@ HELLO waves the right hand beside the head, MORE taps both fists together, CHANG
 A sentence is a rest pose, then each gloss reached from the previous pose by a smooth transition
 (coarticulation), then a transition back to rest. Every video draws its own signing speed
 (+-30 %), signer offset and scale, colours and background texture; a gloss occurrence also gets a
-small random shift, so repeated glosses ("A A B") are never pixel-identical. Elbows come from
+small random shift, so repeated glosses ("A A B") are never pixel-identical. Between two
+occurrences of the same gloss the hands drop half-way back to rest and hold for a moment, as
+signers mark a repetition; without that, a repeated gloss whose motion ends where it starts (a
+wave, a tap, a circle) would look like one longer occurrence, which no recogniser could split. Elbows come from
 two-link inverse kinematics. Everything drawn is recorded as COCO-WholeBody keypoints (133 points,
 pixels; undrawn points score 0 at x = y = 0).
 
@@ -90,6 +93,9 @@ def _pose(r, l, r_hand=REST_RH, l_hand=REST_LH) -> np.ndarray:
 
 
 REST = _pose(REST_R, REST_L)
+
+
+REPEAT_RETRACT = 0.5  # between two occurrences of a gloss the hands go this far back to rest
 
 
 def _ease(p: float) -> float:
@@ -171,15 +177,20 @@ def _polar(v: np.ndarray) -> tuple[float, float]:
 def _timeline(glosses: list[str], rng: np.random.Generator, duration: float) -> np.ndarray:
     """Poses [T, 8] of a sentence: rest, glosses with transitions, rest."""
     parts = [np.repeat(REST[None], rng.integers(3, 7), axis=0)]
-    previous = REST
+    previous, last_gloss = REST, None
     for gloss in glosses:
         motion, frames = _MOTIONS[gloss]
         n = max(5, round(frames * duration * rng.uniform(0.9, 1.1)))
         segment = np.stack([motion(p) for p in np.linspace(0.0, 1.0, n)])
         segment[:, :4] += rng.uniform(-0.015, 0.015, 4)  # this occurrence's wrist shift
+        if gloss == last_gloss:  # a repetition: the hands drop back half-way and hold, then restart
+            retracted = previous + REPEAT_RETRACT * (REST - previous)
+            parts += [_transition(previous, retracted, max(2, round(3 * duration))),
+                      np.repeat(retracted[None], max(2, round(3 * duration)), axis=0)]
+            previous = retracted
         parts += [_transition(previous, segment[0], max(2, round(rng.integers(3, 6) * duration))),
                   segment]
-        previous = segment[-1]
+        previous, last_gloss = segment[-1], gloss
     parts += [_transition(previous, REST, max(3, round(4 * duration))),
               np.repeat(REST[None], rng.integers(3, 7), axis=0)]
     return np.concatenate(parts)

@@ -92,17 +92,6 @@ def test_manifest_command_writes_manifest_and_vocabulary(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_offline_end_to_end(tmp_path):
-    result = invoke("demo", "--out", tmp_path / "demo", "--videos", 8, "--workers", 2)
-    assert result.exit_code == 0, result.output
-    cache = open_cache(tmp_path / "demo" / "cache")
-    manifest = read_manifest(tmp_path / "demo" / "corpus" / "manifest.jsonl")
-    assert cache.ids("probe") == sorted(row.id for row in manifest)
-    assert "demo finished" in result.output
-    pictures = sorted((tmp_path / "demo" / "pictures").glob("*.png"))
-    assert len(pictures) == 2 and all(f"picture: {p}" in result.output for p in pictures)
-
-
 def test_inspect_draws_frames_and_cached_results(tiny_corpus, tmp_path):
     import cv2
 

@@ -249,7 +249,7 @@ def test_trainer_runs_both_stages_and_reloads(feature_corpus, tmp_path):
     assert bool(model.generating) and state["epoch"] == 1  # best of the last phase
 
     lines = evaluate_checkpoint(tmp_path / "run" / "best.pt", feature_corpus / "manifest.jsonl",
-                                feature_corpus / "cache", "dev", samples=2, mean_log_probs=True, device="cpu")
+                                feature_corpus / "cache", "dev", samples=2, mean_log_probs=True, device="cpu").lines
     assert lines[0].startswith("dev [x_T seed 0]: WER") and lines[1].startswith("dev [x_T seed 1]: WER")
     assert lines[2].startswith("dev [mean-log-probs of 2 seeds]: WER") and "mean ± sd over 2 x_T seeds" in lines[3]
     written = sorted(p.name for p in (tmp_path / "run").glob("dev-best-*.hyp.jsonl"))

@@ -88,8 +88,9 @@ def test_stage_totals_count_the_videos_of_every_shard():
     assert stage_totals([], []) == {}
 
 
-def test_a_bar_per_stage_advances_by_the_videos_of_a_finished_shard(capsys):
+def test_a_bar_per_stage_advances_by_the_videos_of_a_finished_shard(capsys, monkeypatch):
     keys = [("probe", 0), ("probe", 1), ("features.rgb", 0), ("features.rgb", 1)]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # bars on a terminal
     with StageProgress(keys, [8, 3]) as bars:
         bars.finished(("features.rgb", 1))
         bars.finished(("probe", 0))
@@ -97,6 +98,16 @@ def test_a_bar_per_stage_advances_by_the_videos_of_a_finished_shard(capsys):
     shown = capsys.readouterr().err
     assert "probe         " in shown and "8/11 videos" in shown and "3/11 videos" in shown
     assert "videos/s" in shown
+
+
+def test_in_a_log_file_a_line_per_completed_stage(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    keys = [("probe", 0), ("probe", 1), ("features.rgb", 0), ("features.rgb", 1)]
+    with StageProgress(keys, [8, 3]) as bars:
+        for key in [("probe", 0), ("features.rgb", 0), ("probe", 1)]:
+            bars.finished(key)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("probe: 11 videos, complete 00:00 after the start")
 
 
 # ------------------------------------------------------------------------------ quiet by default

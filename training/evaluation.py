@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,6 +41,20 @@ def load_for_decoding(checkpoint: Path, device: str, model_options: dict | None 
 def sampling_seeds(model: torch.nn.Module, samples: int) -> list[int | None]:
     """The x_T seeds a sampling model is decoded with (from its ``sampling_seed`` on); [None] else."""
     return [model.config.sampling_seed + i for i in range(samples)] if is_stochastic(model) else [None]
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_checkpoint` reports: printable lines, and the scores per x_T seed (the
+    key None for a model that does not sample; ``MEAN`` for the mean of the seeds' log-probs)."""
+
+    lines: list[str]
+    scores: dict
+
+    @property
+    def first(self) -> WERDetails:
+        """The first decoding's score (the only one of a model that does not sample)."""
+        return next(iter(self.scores.values()))
 
 
 @torch.no_grad()
@@ -79,8 +94,9 @@ def evaluate_checkpoint(checkpoint: Path, manifest: Path, cache: Path, split: st
                         beam_width: int | None = None, phoenix: str | None = None,
                         out: Path | None = None, device: str = "auto",
                         model_options: dict | None = None, samples: int = 3,
-                        mean_log_probs: bool = False, scorer: str | None = None) -> list[str]:
-    """Decode ``split``, write hypotheses (JSON Lines) and CTM/STM files, return report lines.
+                        mean_log_probs: bool = False, scorer: str | None = None) -> Evaluation:
+    """Decode ``split``, write hypotheses (JSON Lines) and CTM/STM files, return the report lines
+    and the scores.
 
     ``model_options`` override inference options of the trained model (e.g. DiffSign's
     ``sampling_steps``: 0 = full DDPM); they join the output file names. A sampling model is decoded
@@ -119,7 +135,7 @@ def evaluate_checkpoint(checkpoint: Path, manifest: Path, cache: Path, split: st
         lines.append(f"{split}: WER {statistics.mean(wers):.2f} ± {statistics.stdev(wers):.2f}% (mean ± sd over "
                      f"{len(seeds)} x_T seeds {seeds[0]}..{seeds[-1]}){scoring}")
     lines.append(f"hypotheses, sclite CTM/STM files: {out}/{stem}*")
-    return lines
+    return Evaluation(lines, scores)
 
 
 def decode_video(checkpoint: Path, cache: Path, row: ManifestRow, device: str = "auto") -> WERDetails:
