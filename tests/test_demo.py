@@ -4,6 +4,7 @@ reuses the default demo's corpus and cached stages and adds only the flow featur
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -33,6 +34,10 @@ def test_default_demo_recognises_the_test_videos(demo_dir):
     assert int(words) >= 50  # one error is at most 2 points
     assert float(wer) <= 100 * BOUND and float(wer) < min(chance, majority) / 3, result.output
     assert len(list((demo_dir / "pictures").glob("*.png"))) == 2
+    # repeated glosses ("MORE MORE") are recognised as two: most such test sentences decode exactly
+    decoded = [json.loads(line) for line in (demo_dir / "cache" / "runs" / "ctc" / "test-best.hyp.jsonl").open()]
+    repeats = [d for d in decoded if any(a == b for a, b in zip(d["reference"], d["reference"][1:]))]
+    assert len(repeats) >= 5 and sum(d["hypothesis"] == d["reference"] for d in repeats) >= len(repeats) / 2
 
 
 def test_fusion_demo_recognises_the_test_videos(demo_dir):

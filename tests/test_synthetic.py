@@ -110,6 +110,19 @@ def test_repeated_glosses_happen_in_a_default_corpus():
     assert any(a == b for _, glosses in plan for a, b in zip(glosses, glosses[1:]))
 
 
+def test_a_repeated_gloss_is_two_visible_occurrences():
+    """Between two HELLOs (right hand up beside the head) the hand drops half-way back to rest and
+    holds, so a recogniser can see two signs, not one long one."""
+    spec = CorpusSpec(height=128, width=128, speed_jitter=0.0)
+    _, keypoints = render(["HELLO", "HELLO"], seed=3, spec=spec)
+    wrist_y = keypoints[:, R_WRIST, 1] / spec.height  # signer units: ~0.24 while signing, 0.86 at rest
+    raised = wrist_y < 0.35
+    runs = [key for key, _ in itertools.groupby(raised)]
+    assert runs == [False, True, False, True, False]  # up, down in between, up again
+    between = wrist_y[np.flatnonzero(raised)[0]:np.flatnonzero(raised)[-1]]
+    assert between.max() > 0.45  # half-way to rest, not a pause in the air
+
+
 def test_render_is_deterministic_per_seed():
     frames_a, kp_a = render(["HELLO", "MORE", "MORE"], seed=4)
     frames_b, kp_b = render(["HELLO", "MORE", "MORE"], seed=4)
