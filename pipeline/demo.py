@@ -102,7 +102,7 @@ def summary_lines(demo: DemoResult) -> list[str]:
         test = demo.training.test
         lines += [f"model     {demo.model} (ResNet-18 features with random weights: the demo has no weights "
                   f"files); best dev WER {100 * demo.training.best_dev_wer:.1f}%, curves {demo.training.run_dir / 'curves.png'}",
-                  f"test WER  {100 * test.wer:.1f}% = {test.errors} errors in {test.reference_words} words "
+                  f"test WER  {100 * test.wer:.1f}% = {test.errors} error{'s' * (test.errors != 1)} in {test.reference_words} words "
                   f"({test.substitutions} sub, {test.deletions} del, {test.insertions} ins; one error = "
                   f"{100 / test.reference_words:.1f} points)",
                   f"guessing  random sentences {100 * demo.chance_wer:.1f}%, always the most frequent training "

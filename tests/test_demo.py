@@ -29,7 +29,7 @@ def test_default_demo_recognises_the_test_videos(demo_dir):
     assert len(lines) < 40, result.output
     summary = lines[lines.index(next(line for line in lines if line.startswith("== cslr-pipe demo finished"))):]
     assert [line.split()[0] for line in summary[1:]] == ["stages", "model", "test", "guessing", "pictures", "next"]
-    wer, errors, words = re.search(r"test WER  ([\d.]+)% = (\d+) errors in (\d+) words", result.output).groups()
+    wer, errors, words = re.search(r"test WER  ([\d.]+)% = (\d+) errors? in (\d+) words", result.output).groups()
     chance, majority = map(float, re.search(r"random sentences ([\d.]+)%, .* sentence ([\d.]+)%", result.output).groups())
     assert int(words) >= 50  # one error is at most 2 points
     assert float(wer) <= 100 * BOUND and float(wer) < min(chance, majority) / 3, result.output
