@@ -143,20 +143,30 @@ def storage_table(args, folder: Path) -> list[tuple]:
     return rows
 
 
+def raft_loop_vs_batched(name: str, frames: np.ndarray, folder: Path, device: str = "cuda", updates: int = 12,
+                         batch: int = 32, precision: str = "fp16") -> tuple[float, float]:
+    """(fields/s of a per-pair fp32 loop, fields/s batched ``batch`` pairs per pass under
+    ``precision`` autocast) of RAFT ``name`` with random weights on ``frames`` (pairs = len - 1)."""
+    path = random_raft_file(folder, name)
+    loop = build_flow_backend(name, weights=path, device=device, num_updates=updates,
+                              batch_size=1, precision="fp32")
+    batched = build_flow_backend(name, weights=path, device=device, num_updates=updates,
+                                 batch_size=batch, precision=precision)
+    try:
+        slow = fields_per_second(loop, frames, chunk=batch)
+        fast = fields_per_second(batched, frames, chunk=batch)
+    finally:
+        loop.close()
+        batched.close()
+    return slow, fast
+
+
 def gpu_ratios(args, folder: Path) -> list[tuple]:
     frames = signer_frames(args.size, args.gpu_pairs)
     rows = []
     for name in ("raft-small", "raft-large"):
-        path = random_raft_file(folder, name)
-        loop = build_flow_backend(name, weights=path, device="cuda", num_updates=args.updates,
-                                  batch_size=1, precision="fp32")
-        batched = build_flow_backend(name, weights=path, device="cuda", num_updates=args.updates,
-                                     batch_size=args.gpu_batch, precision="fp16")
-        slow = fields_per_second(loop, frames, chunk=args.gpu_batch)
-        fast = fields_per_second(batched, frames, chunk=args.gpu_batch)
+        slow, fast = raft_loop_vs_batched(name, frames, folder, "cuda", args.updates, args.gpu_batch)
         rows.append((name, slow, fast, fast / slow))
-        loop.close()
-        batched.close()
     return rows
 
 

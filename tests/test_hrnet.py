@@ -251,3 +251,17 @@ def test_geometry_end_to_end_and_flip_test():
     fake.box = np.array([40.0, 100.0, 120.0, 200.0])  # a fixed box for every frame
     boxed = fake(frames[:1])
     assert np.abs(boxed[0, :, :2] - spots[0]).max() < 0.3
+
+
+def test_precision_option():
+    """fp32 by default on the CPU; bf16 autocast gives about the same points; anything else is refused."""
+    spots = np.array([[80.3, 150.6]])
+    y, x = np.mgrid[0:260, 0:210]
+    frames = np.stack([np.repeat((255 * np.exp(-((x - sx) ** 2 + (y - sy) ** 2) / 32))[..., None], 3, -1)
+                       for sx, sy in spots]).round().astype(np.uint8)
+    plain = HRNetWholeBody.from_model(BrightSpot(), flip_test=False)
+    assert plain.precision == "fp32"
+    half = HRNetWholeBody.from_model(BrightSpot(), flip_test=False, precision="bf16")
+    assert np.abs(half(frames)[..., :2] - plain(frames)[..., :2]).max() < 1.0
+    with pytest.raises(ValueError, match="precision"):
+        HRNetWholeBody.from_model(BrightSpot(), precision="int8")

@@ -124,7 +124,8 @@ class HRNetWholeBody(PoseBackend):
 
     ``box``: (x1, y1, x2, y2) in frame pixels used for every frame instead of the whole frame;
     ``__call__`` also takes per-frame ``boxes`` [n, 4]. ``padding``: box enlargement (mmpose 1.25);
-    ``blur_kernel``: DARK modulation kernel (odd).
+    ``blur_kernel``: DARK modulation kernel (odd); ``precision``: ``auto`` (fp16 autocast on CUDA,
+    fp32 elsewhere), ``fp32``, ``fp16`` or ``bf16`` (autocast on the backend's device).
     """
 
     name = "hrnet"
@@ -134,28 +135,34 @@ class HRNetWholeBody(PoseBackend):
         return find_weights(weights, CHECKPOINT, PUBLISHED)
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", flip_test: bool = True,
-                 batch_size: int = 16, box=None, padding: float = PADDING, blur_kernel: int = BLUR_KERNEL):
+                 batch_size: int = 16, box=None, padding: float = PADDING, blur_kernel: int = BLUR_KERNEL,
+                 precision: str = "auto"):
         path = find_weights(weights, CHECKPOINT, PUBLISHED)
         with torch.device("meta"):  # no memory, no random init: every tensor comes from the file
             model = hrnet_w48_wholebody(NUM_KEYPOINTS)
         state = model_state_dict(load_state_dict(path), model.state_dict().keys(), path)
         model.load_state_dict({key: value.float() if value.is_floating_point() else value
                                for key, value in state.items()}, strict=True, assign=True)
-        self._setup(model, device, flip_test, batch_size, box, padding, blur_kernel)
+        self._setup(model, device, flip_test, batch_size, box, padding, blur_kernel, precision)
         self.weights = path
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, device: str = "cpu", flip_test: bool = True,
                    batch_size: int = 16, box=None, padding: float = PADDING,
-                   blur_kernel: int = BLUR_KERNEL) -> HRNetWholeBody:
+                   blur_kernel: int = BLUR_KERNEL, precision: str = "auto") -> HRNetWholeBody:
         """The same pipeline around a model in memory ([N, 3, 384, 288] -> [N, 133, 96, 72]), e.g.
         a fine-tuned one; ``weights`` is then None."""
         backend = cls.__new__(cls)
-        backend._setup(model, device, flip_test, batch_size, box, padding, blur_kernel)
+        backend._setup(model, device, flip_test, batch_size, box, padding, blur_kernel, precision)
         return backend
 
-    def _setup(self, model, device, flip_test, batch_size, box, padding, blur_kernel) -> None:
+    def _setup(self, model, device, flip_test, batch_size, box, padding, blur_kernel, precision="auto") -> None:
         self.device = resolve_device(device)
+        if precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+        if precision == "auto":  # fp16 autocast on CUDA, fp32 elsewhere
+            precision = "fp16" if self.device.startswith("cuda") else "fp32"
+        self.precision = precision
         self.flip_test = bool(flip_test)
         self.batch_size = max(1, int(batch_size))
         self.box = None if box is None else np.asarray(box, np.float64).reshape(4)
@@ -188,8 +195,9 @@ class HRNetWholeBody(PoseBackend):
 
     def predict_heatmaps(self, crops: np.ndarray) -> np.ndarray:
         """[b, 384, 288, 3] uint8 RGB crops -> [b, 133, 96, 72] float32 heatmaps (flip-averaged)."""
-        autocast = (torch.autocast("cuda", dtype=torch.float16) if self.device.startswith("cuda")
-                    else contextlib.nullcontext())
+        dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
+        autocast = (contextlib.nullcontext() if dtype is None
+                    else torch.autocast(torch.device(self.device).type, dtype=dtype))
         with torch.inference_mode(), autocast:
             x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
             x = (x.permute(0, 3, 1, 2).float() - self._mean) / self._std  # [b, 3, 384, 288]
