@@ -16,8 +16,17 @@ For T frames (64) of 133 random whole-body keypoints (10% undetected) rendered a
     (w)   floor: filling a preallocated [T, 79, 112, 112] float32 array (numpy), i.e. the writes
     (w')  floor: np.full of a fresh one (the writes + the page faults of new memory)
 
-prints ms per frame, frames/s and the speed-ups (b)/(a) and (c)/(a); the project's goal: >= 20x on
-CPU. With CUDA: torch GPU float32 / float16 throughput against the memory-bandwidth floor (bytes
+and, for the "slrt-phoenix" preset (SLRT TwoStream-SLR's eval-time maps: sigma 8 drawn at the
+260x210 frame, scores ignored, resized to 112x112 by torchvision's antialiased bilinear Resize):
+
+    (s)   baseline: SLRT's own steps in torch on CPU, gen_gaussian_hmap_op's dense formula at
+          260x210 in SLRT's chunks of ceil(T / 16) frames, each resized by torchvision's Resize
+    (p)   ours: render_heatmaps(**PRESETS["slrt-phoenix"]), numpy
+    (p')  ours: the same, torch CPU
+
+prints ms per frame, frames/s and the speed-ups (b)/(a), (c)/(a), (p)/(s) and (p')/(s); the
+project's goal: >= 20x on CPU. With CUDA: torch GPU float32 / float16 throughput against the
+memory-bandwidth floor (bytes
 written per frame / write bandwidth measured here by filling and copying a large tensor). Last,
 peak traced memory (tracemalloc, numpy) of an N-frame (2000) sequence streamed with iter_heatmaps
 against rendering it all at once (done only when the machine has the memory free).
@@ -31,10 +40,13 @@ import platform
 import time
 import tracemalloc
 
+import math
+
 import numpy as np
 import torch
+import torchvision
 
-from cslr_pipe.features.heatmaps import iter_heatmaps, render_heatmaps
+from cslr_pipe.features.heatmaps import PRESETS, iter_heatmaps, render_heatmaps
 from cslr_pipe.features.pose.wholebody import NUM_KEYPOINTS, TWOSTREAM_79
 
 GOAL = 20.0  # (b)/(a) and (c)/(a) speed-up wanted on CPU
@@ -87,6 +99,22 @@ def dense_torch(kp: torch.Tensor) -> torch.Tensor:
     grid = torch.stack([y, x], dim=0)  # [2, h, w]
     d2 = ((grid[:, None, None] - coords[..., None, None]) ** 2).sum(dim=0)  # [T, K, h, w]
     return torch.exp(-d2 / (2 * SIGMA ** 2)) * (kp[..., 2] > 0)[..., None, None]
+
+
+def slrt_steps(kp: torch.Tensor) -> torch.Tensor:
+    """(s): SLRT's gen_gaussian_hmap_op (raw_size 260x210, no map_size, sigma 8, scores ignored)
+    on chunks of ceil(T / 16) frames as its generate_batch_heatmap splits them, each resized to
+    112x112 by torchvision's Resize (eval), [T, 79, 112, 112] float32."""
+    (H, W), sigma = FRAME_SIZE, PRESETS["slrt-phoenix"]["sigma"]
+    y, x = torch.meshgrid(torch.arange(H, device=kp.device), torch.arange(W, device=kp.device), indexing="ij")
+    grid = torch.stack([y, x], dim=0)  # [2, H, W]
+    resize = torchvision.transforms.Resize(list(OUT_SIZE))
+    out = []
+    for chunk in torch.split(kp[:, list(TWOSTREAM_79)], math.ceil(len(kp) / 16)):
+        coords = torch.stack([chunk[..., 1], chunk[..., 0]], dim=0)  # [2, t, K]
+        hmap = torch.exp(-((grid[:, None, None] - coords[..., None, None]) ** 2).sum(dim=0) / (2 * sigma ** 2))
+        out.append(resize(hmap))
+    return torch.cat(out)
 
 
 def best_times(fns: dict, repeats: int, sync=lambda: None) -> dict[str, float]:
@@ -142,6 +170,9 @@ def gpu_section(frames: int, repeats: int, device: str = "cuda") -> None:
             fns[f"{name} chunk {chunk}"] = (lambda d=dtype, c=chunk: render_heatmaps(
                 kp, FRAME_SIZE, OUT_SIZE, SIGMA, points="twostream", chunk_size=c, dtype=d))
     fns["dense torch fp32 (a'')"] = lambda: dense_torch(kp)
+    fns["slrt-phoenix fp32 chunk 64"] = lambda: render_heatmaps(kp, FRAME_SIZE, points="twostream",
+                                                                **PRESETS["slrt-phoenix"])
+    fns["SLRT's steps fp32 (s)"] = lambda: slrt_steps(kp)
     t = best_times(fns, repeats, sync)
     print(f"{'measurement':<28}{'ms/frame':>10}{'frames/s':>12}{'floor ms/frame':>16}{'of floor':>10}")
     for name, seconds in t.items():
@@ -175,11 +206,19 @@ def main(argv: list[str] | None = None) -> int:
                       ("(c)", render_heatmaps(check_t, FRAME_SIZE, points="twostream").numpy())):
         err = float(np.abs(got - ref).max())
         assert err <= 1e-5, f"{name} differs from (a) by {err}"
+    slrt_ref = slrt_steps(check_t).numpy()
+    for name, got in (("(p)", render_heatmaps(check, FRAME_SIZE, points="twostream", **PRESETS["slrt-phoenix"])),
+                      ("(p')", render_heatmaps(check_t, FRAME_SIZE, points="twostream",
+                                               **PRESETS["slrt-phoenix"]).numpy())):
+        err = float(np.abs(got - slrt_ref).max())
+        assert err <= 1e-4, f"{name} differs from SLRT's steps (s) by {err}"
+        print(f"{name} slrt-phoenix preset vs SLRT's steps (s): max |difference| {err:.1e}")
     floor_out = np.empty((T, K, *OUT_SIZE), np.float32)
     t = best_times({  # the dense baselines are slow and their noise small: best of 2
         "a": lambda: dense_numpy(kp),
         "a1": lambda: dense_numpy_f32(kp),
         "a2": lambda: dense_torch(kp_t),
+        "s": lambda: slrt_steps(kp_t),
     }, min(args.repeats, 2))
     t |= best_times({
         "b": lambda: render_heatmaps(kp, FRAME_SIZE, OUT_SIZE, SIGMA, points="twostream"),
@@ -187,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         "c": lambda: render_heatmaps(kp_t, FRAME_SIZE, OUT_SIZE, SIGMA, points="twostream"),
         "w": lambda: floor_out.fill(0.5),
         "w1": lambda: np.full((T, K, *OUT_SIZE), 0.5, np.float32),
+        "p": lambda: render_heatmaps(kp, FRAME_SIZE, points="twostream", **PRESETS["slrt-phoenix"]),
+        "p1": lambda: render_heatmaps(kp_t, FRAME_SIZE, points="twostream", **PRESETS["slrt-phoenix"]),
     }, args.repeats)
     rows = [("(a)   dense numpy, meshgrid [T,K,h,w] (float64 promoted) [baseline]", "a"),
             ("(a')  dense numpy, float32 throughout", "a1"),
@@ -195,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             ("(b')  render_heatmaps, numpy, out= a preallocated array", "b1"),
             ("(c)   render_heatmaps, torch CPU", "c"),
             ("(w)   floor: fill a preallocated float32 [T,79,112,112]", "w"),
-            ("(w')  floor: np.full, a fresh float32 [T,79,112,112]", "w1")]
+            ("(w')  floor: np.full, a fresh float32 [T,79,112,112]", "w1"),
+            ("(s)   SLRT's steps, torch CPU: dense 260x210 + Resize [preset baseline]", "s"),
+            ("(p)   render_heatmaps slrt-phoenix preset, numpy", "p"),
+            ("(p')  render_heatmaps slrt-phoenix preset, torch CPU", "p1")]
     print(f"\n{'measurement':<70}{'ms/frame':>10}{'frames/s':>10}")
     for name, key in rows:
         print(f"{name:<70}{t[key] / T * 1e3:>10.3f}{T / t[key]:>10.0f}")
@@ -205,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         ratio = t["a"] / t[key]
         print(f"{label:<46}{ratio:>7.1f}x  (goal >= {GOAL:.0f}x: {'MET' if ratio >= GOAL else 'NOT MET'})")
     for label, base, key in (("(b)/(a')  numpy renderer vs dense float32", "a1", "b"),
-                             ("(c)/(a'') torch CPU renderer vs dense torch", "a2", "c")):
+                             ("(c)/(a'') torch CPU renderer vs dense torch", "a2", "c"),
+                             ("(p)/(s)   slrt-phoenix numpy vs SLRT's steps", "s", "p"),
+                             ("(p')/(s)  slrt-phoenix torch vs SLRT's steps", "s", "p1")):
         print(f"{label:<46}{t[base] / t[key]:>7.1f}x")
 
     if torch.cuda.is_available():

@@ -36,8 +36,9 @@ Inputs per stream (shared by all built-ins; sizes are options):
   by the weights' mean/std (ImageNet for ResNet, Kinetics for S3D). Bilinear; antialiased for
   ResNet (torchvision's ``ImageClassification``), not for S3D (its ``VideoClassification``).
 - ``keypoint``: heatmaps resized (bilinear, antialiased) to ``heatmap_size`` = 112 if they are
-  not already, no normalisation (TwoStream-SLR feeds the heatmaps straight in); the stem takes
-  ``channels`` = 79 inputs.
+  not already, no normalisation: the [0, 1] maps go in as they are (TwoStream-SLR maps its heatmaps
+  to [-1, 1] by ``(h - 0.5) / 0.5`` before its S3D, as it does its RGB frames; its exact maps are
+  the ``slrt-*`` presets of ``heatmaps.PRESETS``); the stem takes ``channels`` = 79 inputs.
 - ``flow``: the rgb geometry (resize to ``resize``, vectors scaled with the image so they stay in
   pixels of the resized frame; centre crop ``crop``), divided by ``flow_scale`` = 20 px and
   clipped to [-1, 1] (the +-20 px range of two-stream flow and of our uint8 flow storage);

@@ -19,7 +19,7 @@ import numpy as np
 from cslr_pipe.features.backbones import RANDOM_INIT, RandomWeightsWarning, backbone_factory, build_backbone
 from cslr_pipe.features.flow import (DEFAULT_BOUND, DEFAULT_STORAGE, build_flow_backend,
                                     flow_backend_factory, iter_encode_flow, iter_flow)
-from cslr_pipe.features.heatmaps import iter_heatmaps
+from cslr_pipe.features.heatmaps import PRESETS as HEATMAP_PRESETS, iter_heatmaps
 from cslr_pipe.features.pose import build_pose_backend, pose_backend_factory
 from cslr_pipe.features.store import Cache, Provenance, quantize_linear, sha256_file
 from cslr_pipe.features.video import VideoError, iter_frames, probe_video
@@ -201,15 +201,54 @@ register_stage(Stage(
 # ---------------------------------------------------------------------------------------------
 # heatmaps: Gaussian heatmaps of the 79 points rendered from the keypoints and stored as uint8.
 
+_HEATMAP_DEFAULTS = {"points": "twostream", "preset": None, "sigma": None, "size": None, "threshold": None,
+                     "render_size": None, "antialias": None}  # None: the preset's (default signvtcl)
+_PRESET_KEYS = {"sigma": "sigma", "size": "out_size", "threshold": "threshold", "render_size": "render_size",
+                "antialias": "antialias"}  # stage config key: render_heatmaps keyword
+
+
+def heatmap_preset(name: str | None) -> dict:
+    """The keywords of features.heatmaps.PRESETS[name] ({} for None); ValueError naming the known ones."""
+    if name is None:
+        return {}
+    if name not in HEATMAP_PRESETS:
+        raise ValueError(f"unknown heatmap preset {name!r}; known: {', '.join(sorted(HEATMAP_PRESETS))}")
+    return HEATMAP_PRESETS[name]
+
+
+def _complete_heatmaps(config: dict) -> dict:
+    """The preset (default signvtcl) fills the rendering keys a config leaves out; keys given
+    override it. The provenance so records what was rendered (threshold None: scores ignored);
+    preset, render_size and antialias are left out when they do not apply, so a default config
+    is recorded as before presets existed: {points, sigma, size, threshold}."""
+    preset = heatmap_preset(config["preset"] or "signvtcl")
+    for key, keyword in _PRESET_KEYS.items():
+        if config[key] is None and keyword in preset:
+            value = preset[keyword]
+            config[key] = list(value) if isinstance(value, tuple) else value
+    if config["render_size"] is None:
+        config["antialias"] = None  # nothing is resized
+    elif config["antialias"] is None:
+        config["antialias"] = True
+    return {key: value for key, value in config.items()
+            if value is not None or key not in ("preset", "render_size", "antialias")}
+
+
+def _render_options(config: dict) -> dict:
+    """render_heatmaps keywords of a completed heatmaps config."""
+    render_size = config.get("render_size")
+    return {"out_size": tuple(config["size"]), "sigma": config["sigma"], "threshold": config["threshold"],
+            "render_size": tuple(render_size) if render_size else None,
+            "antialias": config.get("antialias") is not False}
+
 
 def _build_heatmaps(config: dict, device: str) -> Processor:
     def render(item: VideoItem) -> StageOutput:
         keypoints = item.inputs()["keypoints"]
         attrs = item.cache.attrs(item.row.id, "keypoints")
         frame_size = (int(attrs["height"]), int(attrs["width"]))
-        chunks = iter_heatmaps(keypoints, frame_size, out_size=tuple(config["size"]),
-                               sigma=config["sigma"], threshold=config["threshold"],
-                               points=config["points"], chunk_size=16)
+        chunks = iter_heatmaps(keypoints, frame_size, points=config["points"], chunk_size=16,
+                               **_render_options(config))
         codes = (quantize_linear(chunk, 0.0, 1.0)[0] for chunk in chunks)
         _, encoding = quantize_linear(np.zeros(1), 0.0, 1.0)
         return StageOutput({"heatmaps": codes}, attrs={"heatmaps": encoding},
@@ -220,9 +259,11 @@ def _build_heatmaps(config: dict, device: str) -> Processor:
 register_stage(Stage(
     name="heatmaps",
     build=_build_heatmaps,
-    defaults={"sigma": 4.0, "size": [112, 112], "points": "twostream", "threshold": 0.0},
+    defaults=_HEATMAP_DEFAULTS,
     requires=("keypoints",),
-    description="Gaussian heatmaps [T, 79, h, w] of the keypoints, stored as uint8 (error <= 1/510).",
+    complete=_complete_heatmaps,
+    description="Gaussian heatmaps [T, 79, h, w] of the keypoints, stored as uint8 (error <= 1/510); "
+                "preset: a name of features.heatmaps.PRESETS (signvtcl, slrt-phoenix, slrt-csl-daily).",
 ))
 
 
@@ -292,7 +333,8 @@ class _FeatureExtractor:
             return (flow[i:i + self.chunk] for i in range(0, len(flow), self.chunk))
         attrs = item.cache.attrs(item.row.id, "keypoints")
         return iter_heatmaps(inputs["keypoints"], (int(attrs["height"]), int(attrs["width"])),
-                             points="twostream", chunk_size=self.chunk)
+                             points="twostream", chunk_size=self.chunk,
+                             **heatmap_preset(self.config.get("heatmap_preset")))
 
     def __call__(self, item: VideoItem) -> StageOutput:
         name = f"features.{self.stream}"
@@ -306,12 +348,23 @@ class _FeatureExtractor:
         self.backbone.close()
 
 
+def _complete_keypoint_features(config: dict) -> dict:
+    """features.keypoint: ``heatmap_preset`` names the preset its heatmaps are rendered with (None:
+    the default rendering, left out of the recorded config as before presets existed)."""
+    heatmap_preset(config["heatmap_preset"])
+    config = _weights_of(backbone_factory, "backbone")(config)
+    return config if config["heatmap_preset"] else {k: v for k, v in config.items() if k != "heatmap_preset"}
+
+
 for _stream, _requires in FEATURE_STREAMS.items():
     register_stage(Stage(
         name=f"features.{_stream}",
         build=lambda config, device, stream=_stream: _FeatureExtractor(stream, config, device),
-        defaults={"backbone": "resnet18", "weights": None, "options": {}},
+        defaults={"backbone": "resnet18", "weights": None, "options": {},
+                  **({"heatmap_preset": None} if _stream == "keypoint" else {})},
         requires=_requires,
-        complete=_weights_of(backbone_factory, "backbone"),
-        description=f"Frozen-backbone features [T', D] float16 of the {_stream} stream.",
+        complete=(_complete_keypoint_features if _stream == "keypoint"
+                  else _weights_of(backbone_factory, "backbone")),
+        description=f"Frozen-backbone features [T', D] float16 of the {_stream} stream"
+                    + (" (heatmap_preset: a name of features.heatmaps.PRESETS)." if _stream == "keypoint" else "."),
     ))

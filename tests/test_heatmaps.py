@@ -1,13 +1,18 @@
-"""features/heatmaps.py against the dense per-pixel Gaussian formula."""
+"""features/heatmaps.py against the dense per-pixel Gaussian formula, and its presets against SLRT's steps."""
 
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 import pytest
 import torch
+import torchvision
+import torchvision.transforms.functional as TF
+from torchvision.transforms import InterpolationMode
 
 from cslr_pipe.features import heatmaps
-from cslr_pipe.features.heatmaps import (dequantize_heatmaps, iter_heatmaps, quantize_heatmaps,
+from cslr_pipe.features.heatmaps import (PRESETS, dequantize_heatmaps, iter_heatmaps, quantize_heatmaps,
                                          render_heatmaps)
 from cslr_pipe.features.pose.wholebody import NUM_KEYPOINTS, SORTED_79, TWOSTREAM_79
 
@@ -196,3 +201,105 @@ def test_cuda_matches_cpu():
     assert half.dtype == torch.float16 and (half.float().cpu() - cpu).abs().max().item() <= 2e-3
     streamed = torch.cat(list(iter_heatmaps(kp.cuda(), (260, 210), points="twostream", chunk_size=4)))
     assert torch.equal(streamed, gpu)
+
+
+# --- presets: SLRT TwoStream-SLR's heatmaps (utils/gen_gaussian.py + modelling/recognition.py) ------
+
+
+def slrt_gen_gaussian(coords, raw_size, map_size=None, sigma=8.0):
+    """SLRT's gen_gaussian_hmap_op as its configs call it (confidence unset: scores ignored), torch
+    float32: [T, C, 3] -> [T, C, map_h, map_w], drawn on the map grid (the raw frame if no map_size)."""
+    raw_h, raw_w = raw_size
+    map_h, map_w = map_size or raw_size
+    factor_h, factor_w = (map_h / raw_h, map_w / raw_w) if map_size else (1, 1)
+    coords_y, coords_x = coords[..., 1] * factor_h, coords[..., 0] * factor_w
+    y, x = torch.meshgrid(torch.arange(map_h), torch.arange(map_w), indexing="ij")
+    grid = torch.stack([y, x], dim=0)  # [2, H, W]
+    centre = torch.stack([coords_y, coords_x], dim=0)[..., None, None]  # [2, T, C, 1, 1]
+    return torch.exp(-((grid[:, None, None] - centre) ** 2).sum(dim=0) / (2 * sigma ** 2))
+
+
+def slrt_eval_heatmaps(keypoints, raw_size, map_size=None, antialias=None):
+    """The 79 channels at raw/map size, then torchvision's Resize([112, 112]) as SLRT's eval does
+    (antialias=None: Resize's own default), before its (h - 0.5) / 0.5."""
+    coords = torch.from_numpy(keypoints[:, list(TWOSTREAM_79)]).float()
+    maps = slrt_gen_gaussian(coords, raw_size, map_size)
+    if antialias is None:
+        return torchvision.transforms.Resize([112, 112])(maps).numpy()
+    return TF.resize(maps, [112, 112], InterpolationMode.BILINEAR, antialias=antialias).numpy()
+
+
+SLRT_CONFIGS = {  # preset: (frame size = SLRT's raw_size, its map_size)
+    "slrt-phoenix": ((260, 210), None),  # phoenix-2014t_keypoint.yaml
+    "slrt-csl-daily": ((512, 512), (170, 170)),  # csl-daily_keypoint.yaml
+}
+
+
+def test_installed_resize_antialiases_tensors():
+    """The presets follow torchvision >= 0.17, whose Resize antialiases tensors by default."""
+    assert inspect.signature(torchvision.transforms.Resize).parameters["antialias"].default is True
+    assert all(PRESETS[name]["antialias"] for name in SLRT_CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(SLRT_CONFIGS))
+@pytest.mark.parametrize("antialias", [None, False])  # False: SLRT's pinned torchvision 0.10
+def test_slrt_presets_match_slrt_steps(name, antialias):
+    frame_size, map_size = SLRT_CONFIGS[name]
+    kp = random_keypoints(6, NUM_KEYPOINTS, frame_size, seed=11)
+    kp[0, 92] = (0.0, 0.0, 0.0)  # an undetected point (hand channel 1): SLRT draws it at the corner
+    want = slrt_eval_heatmaps(kp, frame_size, map_size, antialias)
+    options = PRESETS[name] if antialias is None else {**PRESETS[name], "antialias": antialias}
+    got = render_heatmaps(kp, frame_size, points="twostream", chunk_size=4, **options)
+    assert got.shape == want.shape == (6, 79, 112, 112) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    channel = TWOSTREAM_79.index(92)
+    assert got[0, channel, 0, 0] > 0.9 and got[0, channel, 0, 0] == got[0, channel].max()
+    streamed = np.concatenate(list(iter_heatmaps(kp, frame_size, points="twostream", chunk_size=5, **options)))
+    np.testing.assert_array_equal(streamed, got)
+    on_torch = render_heatmaps(torch.from_numpy(kp), frame_size, points="twostream", chunk_size=4, **options)
+    np.testing.assert_array_equal(on_torch.numpy(), got)
+
+
+def test_signvtcl_preset_is_the_default_rendering():
+    kp = random_keypoints(4, NUM_KEYPOINTS, (260, 210), seed=12)
+    kp[0, 92] = (0.0, 0.0, 0.0)
+    got = render_heatmaps(kp, (260, 210), points="twostream", **PRESETS["signvtcl"])
+    np.testing.assert_array_equal(got, render_heatmaps(kp, (260, 210), points="twostream"))
+    assert not got[0, TWOSTREAM_79.index(92)].any()  # undetected: not drawn
+    np.testing.assert_allclose(got, dense_reference(kp[:, list(TWOSTREAM_79)], (260, 210), (112, 112)),
+                               rtol=0, atol=1e-5)
+
+
+def test_threshold_none_ignores_scores():
+    kp = random_keypoints(3, 7, (100, 120), seed=13)
+    ignored = kp.copy()
+    ignored[..., 2] = 1.0
+    np.testing.assert_array_equal(render_heatmaps(kp, (100, 120), (50, 60), threshold=None),
+                                  render_heatmaps(ignored, (100, 120), (50, 60)))
+
+
+@pytest.mark.parametrize("sizes", [(260, 112), (170, 112), (50, 112), (9, 4), (112, 112), (5, 1)])
+def test_resize_weights_match_torch(sizes):
+    n_in, n_out = sizes
+    image = torch.from_numpy(np.random.default_rng(n_in).random((3, n_in, 7)))
+    for antialias in (True, False):
+        want = TF.resize(image, [n_out, 7], InterpolationMode.BILINEAR, antialias=antialias).numpy()
+        got = np.einsum("ih,cij->chj", heatmaps.resize_weights(n_in, n_out, antialias), image.numpy())
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_render_size_on_the_device_path_and_bad_sizes():
+    kp = torch.rand(5, NUM_KEYPOINTS, 3).to("meta")
+    out = render_heatmaps(kp, (260, 210), points="twostream", chunk_size=2, **PRESETS["slrt-phoenix"])
+    assert out.shape == (5, 79, 112, 112) and out.device.type == "meta"
+    with pytest.raises(ValueError):
+        render_heatmaps(np.zeros((1, 5, 3)), (10, 10), render_size=(0, 10))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_slrt_preset_matches_cpu():
+    kp = torch.from_numpy(random_keypoints(9, NUM_KEYPOINTS, (260, 210), seed=14))
+    cpu = render_heatmaps(kp, (260, 210), points="twostream", **PRESETS["slrt-phoenix"])
+    gpu = render_heatmaps(kp.cuda(), (260, 210), points="twostream", **PRESETS["slrt-phoenix"])
+    assert gpu.device.type == "cuda" and (gpu.cpu() - cpu).abs().max().item() <= 1e-5
