@@ -141,16 +141,26 @@ def load_records(stage_dir: str | Path) -> dict[int, ShardRecord]:
 
 
 def write_index(stage_dir: str | Path) -> dict:
-    """Rebuild ``index.json`` (id -> shard file, completed and failed ids) from the records."""
+    """Rebuild ``index.json`` (id -> shard file, completed and failed ids) from the records.
+
+    Array tasks finish at the same time: one may write an index from records read before another
+    committed its shard, after that other wrote its own. So the records are read again after
+    writing, and the index rewritten until it describes what is on disk; the last writer's check
+    comes after every commit it could have missed.
+    """
     stage_dir = Path(stage_dir)
     records = load_records(stage_dir)
-    index = {"schema_version": SCHEMA_VERSION, "shards": {}, "failed": {}}
-    for record in records.values():
-        index["shards"].update({video_id: record.file for video_id in record.ids})
-        index["failed"].update(record.failed)
-    index["completed"] = sorted(index["shards"])
-    atomic_write_text(stage_dir / "index.json", json.dumps(index, indent=1, ensure_ascii=False))
-    return index
+    while True:
+        index = {"schema_version": SCHEMA_VERSION, "shards": {}, "failed": {}}
+        for record in records.values():
+            index["shards"].update({video_id: record.file for video_id in record.ids})
+            index["failed"].update(record.failed)
+        index["completed"] = sorted(index["shards"])
+        atomic_write_text(stage_dir / "index.json", json.dumps(index, indent=1, ensure_ascii=False))
+        now = load_records(stage_dir)
+        if now == records:
+            return index
+        records = now
 
 
 # ---------------------------------------------------------------------------------------------

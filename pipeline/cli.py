@@ -93,6 +93,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
             *(getattr(sys.modules[module], name) for module, name in lazy.items() if module in sys.modules))
 
 
+HEATMAP_PRESETS = ("signvtcl", "slrt-phoenix", "slrt-csl-daily")  # features.heatmaps.PRESETS (torch-free help)
+
+
 def handle_errors(function):
     """Turn the errors a user can fix into one-line messages with exit code 2."""
     @functools.wraps(function)
@@ -221,6 +224,22 @@ def yaml_error_line(source: Path | str, error: Exception) -> str:
     return f"{where}: not valid YAML ({problem})"
 
 
+def open_workflow(workflow_file: Path, manifest: Path | None, out: Path | None):
+    """The workflow, and its manifest and output folder (the options' if given, else the file's)."""
+    import yaml
+
+    from cslr_pipe.pipeline.dag import load_workflow
+
+    try:
+        workflow = load_workflow(workflow_file)
+    except yaml.YAMLError as error:
+        fail_input(yaml_error_line(workflow_file, error))
+    manifest, out = manifest or workflow.manifest, out or workflow.out
+    if manifest is None or out is None:
+        fail_usage("the workflow names no manifest/out: pass --manifest and --out")
+    return workflow, manifest, out
+
+
 def parse_options(pairs: tuple[str, ...]) -> dict:
     """KEY=VALUE pairs into a dict; values are read as YAML scalars (1, 0.5, true, text)."""
     import yaml
@@ -321,12 +340,19 @@ def extract_flow(backend: str, weights: Path | None, size: tuple[int, int], stor
                    "for research) [default: the published file in the torch hub cache].")
 @click.option("--backbone-option", "backbone_options", multiple=True, metavar="KEY=VALUE",
               help="Backbone option, repeatable (e.g. resize=128, crop=112; window=64 for s3d).")
+@click.option("--heatmap-preset", type=click.Choice(HEATMAP_PRESETS), default=None,
+              help="keypoint stream: render its heatmaps as this preset (see render-heatmaps --preset) "
+                   "[default: the default rendering, = signvtcl].")
 @device_option
 @handle_errors
 def cache_features(stream: str, backbone: str, weights: str | None, backbone_options: tuple[str, ...],
-                   device: str, **common) -> None:
+                   heatmap_preset: str | None, device: str, **common) -> None:
     """Features [T', D] of a frozen backbone over one stream (stage `features.<stream>`)."""
     config = {"backbone": backbone, "weights": weights, "options": parse_options(backbone_options)}
+    if heatmap_preset is not None:
+        if stream != "keypoint":
+            fail_usage("--heatmap-preset is an option of --stream keypoint only")
+        config["heatmap_preset"] = heatmap_preset
     run_stage_command(f"features.{stream}", config, device=device, **common)
 
 
@@ -359,20 +385,31 @@ def import_features_command(manifest: Path, source: Path, out: Path, stream: str
 
 @main.command("render-heatmaps")
 @stage_options
-@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
-              help="Gaussian standard deviation in heatmap pixels.")
-@click.option("--size", type=(int, int), default=(112, 112), show_default=True, metavar="H W",
-              help="Heatmap height and width.")
+@click.option("--preset", type=click.Choice(HEATMAP_PRESETS), default=None,
+              help="Render as named (docs/formats.md): signvtcl = sigma 4 drawn at 112 (the default "
+                   "rendering); slrt-phoenix / slrt-csl-daily = SLRT TwoStream-SLR's eval-time maps "
+                   "for PHOENIX (260x210 frames) / CSL-Daily (512x512), corner blobs of undetected "
+                   "points included.")
+@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Gaussian standard deviation in pixels of the grid drawn on [default: 4.0, or the preset's].")
+@click.option("--size", type=(int, int), default=None, metavar="H W",
+              help="Heatmap height and width [default: 112 112, or the preset's].")
+@click.option("--antialias/--no-antialias", default=None,
+              help="Antialias the resize of a preset drawn at another size [default: on, as torchvision "
+                   ">= 0.17's Resize; off = SLRT's pinned torchvision 0.10].")
 @click.option("--points", type=click.Choice(["twostream", "wholebody"]), default="twostream",
               show_default=True, help="Channel order of the 79 points (see docs/formats.md).")
 @handle_errors
-def render_heatmaps(sigma: float, size: tuple[int, int], points: str, **common) -> None:
+def render_heatmaps(preset: str | None, sigma: float | None, size: tuple[int, int] | None, antialias: bool | None,
+                    points: str, **common) -> None:
     """Materialise 79-channel Gaussian heatmaps from the keypoints (stage `heatmaps`, uint8).
 
     Only needed to inspect them or to train without rendering: trainers render heatmaps on the
     fly from the keypoints, which takes ~1000x less disk.
     """
-    run_stage_command("heatmaps", {"sigma": sigma, "size": list(size), "points": points}, **common)
+    given = {"preset": preset, "sigma": sigma, "size": list(size) if size else None, "antialias": antialias}
+    run_stage_command("heatmaps", {"points": points, **{k: v for k, v in given.items() if v is not None}},
+                      **common)
 
 
 @main.command()
@@ -388,35 +425,81 @@ def render_heatmaps(sigma: float, size: tuple[int, int], points: str, **common) 
               help="Workers of the local cluster (overrides the workflow's cluster.n_workers).")
 @click.option("--force", is_flag=True, help="Recompute shards that are already complete.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--stage", "only_stage", default=None,
+              help="Run only this stage's shards here, without dask (what `submit`'s array tasks do; "
+                   "the stages it requires must be in the cache).")
+@click.option("--shard-index", default=0, show_default=True, type=click.IntRange(min=0),
+              help="With --stage: run only shards k with k % num-shards == shard-index.")
+@click.option("--num-shards", default=1, show_default=True, type=click.IntRange(min=1),
+              help="With --stage: number of tasks sharing the stage.")
 @handle_errors
 def run(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path | None,
-        scheduler: str | None, workers: int | None, force: bool, quiet: bool) -> None:
+        scheduler: str | None, workers: int | None, force: bool, quiet: bool, only_stage: str | None,
+        shard_index: int, num_shards: int) -> None:
     """Run a workflow YAML (a DAG of stages) on dask: a local cluster, a scheduler, or Slurm."""
-    import yaml
-
-    from cslr_pipe.pipeline.dag import load_workflow, run_workflow, train_after_stages
+    from cslr_pipe.pipeline.dag import run_workflow, train_after_stages
     from cslr_pipe.pipeline.runner import RunOptions
 
-    try:
-        workflow = load_workflow(workflow_file)
-    except yaml.YAMLError as error:
-        fail_input(yaml_error_line(workflow_file, error))
-    manifest = manifest or workflow.manifest
-    out = out or workflow.out
-    if manifest is None or out is None:
-        fail_usage("the workflow names no manifest/out: pass --manifest and --out")
+    workflow, manifest, out = open_workflow(workflow_file, manifest, out)
     if workers is not None:
         workflow.cluster = {**workflow.cluster, "kind": "local", "n_workers": workers}
+    if (shard_index, num_shards) != (0, 1) and only_stage is None:
+        fail_usage("--shard-index and --num-shards need --stage (a dask run takes every shard)")
+    if shard_index >= num_shards:
+        fail_usage(f"--shard-index {shard_index} must be smaller than --num-shards {num_shards}")
     rows, bad_rows = read_rows(manifest)
     options = RunOptions(out=Path(out).resolve(), root=(root or workflow.root or manifest.parent).resolve(),
                          shard_size=workflow.shard_size, compression=workflow.compression,
                          device=workflow.device, force=force, progress=False)
+    if only_stage is not None:
+        from cslr_pipe.pipeline.runner import run_stage
+        from cslr_pipe.pipeline.submit import workflow_stage
+
+        stage, config = workflow_stage(workflow, only_stage)
+        finish(run_stage(stage, config, rows, options, shard_index, num_shards), bad_rows)
+        return
     results = run_workflow(workflow, rows, options, scheduler, progress=not quiet)
     if workflow.train and not any(r.failed for r in results):
         vocabulary = load_vocabulary_for(manifest, None, rows)
         for line in train_after_stages(workflow, manifest, vocabulary, options.out, log=click.echo).lines:
             click.echo(line)
     finish(results, bad_rows)
+
+
+@main.command()
+@click.argument("workflow_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Overrides the workflow's manifest.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Overrides the workflow's cache folder.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder that relative video paths start from [default: the manifest's folder].")
+@click.option("--array", "num_tasks", type=click.IntRange(min=1), default=None,
+              help="Tasks per stage (array 0..N-1) [default: one per shard, at most 1000].")
+@click.option("--logs", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Folder of the tasks' logs (cslr-pipe-<stage>-<job>_<task>.out); made if missing.")
+@click.option("--sbatch-option", "sbatch_options", multiple=True, metavar="OPTION",
+              help="Passed to every sbatch, repeatable (e.g. --sbatch-option=--partition=gpu "
+                   "--sbatch-option=--mem=16G).")
+@handle_errors
+def submit(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path | None,
+           num_tasks: int | None, logs: Path, sbatch_options: tuple[str, ...]) -> None:
+    """Submit a workflow's stages as Slurm job arrays, each stage's task i after task i of the
+    stages it requires (--dependency=aftercorr); prints one job id per stage."""
+    from cslr_pipe.pipeline.runner import plan_shards
+    from cslr_pipe.pipeline.submit import MAX_TASKS, submit_workflow
+
+    workflow, manifest, out = open_workflow(workflow_file, manifest, out)
+    rows, _ = read_rows(manifest)
+    root = root or workflow.root
+    num_tasks = num_tasks or min(len(plan_shards(rows, workflow.shard_size)), MAX_TASKS)
+    submissions = submit_workflow(workflow, workflow_file.resolve(), Path(manifest).resolve(), Path(out).resolve(),
+                                  Path(root).resolve() if root else None, num_tasks, logs.resolve(),
+                                  sbatch_options)
+    for submission in submissions:
+        click.echo(f"{submission.stage}: job {submission.job_id} ({num_tasks} tasks)")
+    if workflow.train:
+        click.echo("the workflow's train section is not submitted: run `cslr-pipe train` when the jobs are done")
 
 
 @main.command()

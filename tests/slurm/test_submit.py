@@ -1,0 +1,96 @@
+"""`cslr-pipe submit`: a workflow's stages as job arrays chained task by task, on a real cluster."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cslr_pipe.features.store import load_records, open_cache
+from cslr_pipe.pipeline.cli import main
+from cslr_pipe.pipeline.dag import load_workflow
+from cslr_pipe.pipeline.submit import sbatch_commands
+from cslr_pipe.pipeline.synthetic import CorpusSpec, make_corpus
+
+STAGES = ["probe", "flow", "features.flow"]
+
+
+def write_workflow(folder: Path) -> Path:
+    """probe; flow at 64x64; random-weight ResNet-18 features of the flow (features.flow needs flow)."""
+    path = folder / "workflow.yaml"
+    path.write_text(yaml.safe_dump({
+        "shard_size": 2, "device": "cpu",
+        "stages": {"probe": {}, "features.flow": {"weights": "none", "options": {"resize": 64, "crop": 56}},
+                   "flow": {"size": [64, 64]}},
+    }, sort_keys=False))
+    return path
+
+
+def test_stages_are_submitted_in_order_with_taskwise_dependencies(tmp_path):
+    workflow_file = write_workflow(tmp_path)
+    commands = sbatch_commands(load_workflow(workflow_file), workflow_file, tmp_path / "m.jsonl", tmp_path / "c",
+                               None, 3, tmp_path / "logs", ("--partition=debug",))
+    assert [(stage, after) for stage, after, _ in commands] == [("probe", []), ("flow", []),
+                                                                ("features.flow", ["flow"])]
+    for stage, _, argv in commands:
+        assert "--array=0-2" in argv and "--partition=debug" in argv and "--kill-on-invalid-dep=yes" in argv
+        wrap = next(word for word in argv if word.startswith("--wrap="))
+        assert f"run {workflow_file} --stage {stage} " in wrap and "--num-shards 3" in wrap
+        assert wrap.endswith('--shard-index "$SLURM_ARRAY_TASK_ID"')
+
+
+def test_submit_refuses_a_stage_whose_input_is_nowhere(tmp_path):
+    workflow_file = tmp_path / "w.yaml"
+    workflow_file.write_text(yaml.safe_dump({"stages": {"features.flow": {"weights": "none"}}}))
+    with pytest.raises(ValueError, match="requires flow, which is neither in the workflow nor in"):
+        sbatch_commands(load_workflow(workflow_file), workflow_file, tmp_path / "m.jsonl", tmp_path / "c",
+                        None, 2, tmp_path)
+
+
+def when(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:features.flow. weights 'none'")
+def test_submitted_workflow_equals_local_run(slurm_cluster, tmp_path):
+    manifest = make_corpus(tmp_path / "corpus", CorpusSpec(num_videos=6, height=64, width=64))
+    workflow_file = write_workflow(tmp_path)
+    result = CliRunner().invoke(main, ["submit", str(workflow_file), "--manifest", str(manifest),
+                                       "--out", str(tmp_path / "cache"), "--array", "2",
+                                       "--logs", str(tmp_path / "logs")])
+    assert result.exit_code == 0, result.output
+    jobs = dict(re.findall(r"^(\S+): job (\d+) \(2 tasks\)$", result.output, re.M))
+    assert list(jobs) == STAGES
+    states = {stage: slurm_cluster.wait(job, timeout=240) for stage, job in jobs.items()}
+    for stage, tasks in states.items():
+        logs = {t: (tmp_path / "logs" / f"cslr-pipe-{stage}-{jobs[stage]}_{t}.out") for t in range(2)}
+        assert {t: (j.state, j.exit_code) for t, j in tasks.items()} == {0: ("COMPLETED", 0), 1: ("COMPLETED", 0)}, \
+            {t: p.read_text() for t, p in logs.items() if p.exists()}
+    # task i of features.flow started only after task i of flow had finished
+    for task in range(2):
+        flow = slurm_cluster.run("scontrol", "-o", "show", "job", f"{jobs['flow']}_{task}")
+        features = slurm_cluster.run("scontrol", "-o", "show", "job", f"{jobs['features.flow']}_{task}")
+        end = re.search(r"EndTime=(\S+)", flow).group(1)
+        start = re.search(r"StartTime=(\S+)", features).group(1)
+        assert when(start) >= when(end)
+
+    for stage in STAGES:  # the same stages here, one after the other, all shards in this process
+        local = CliRunner().invoke(main, ["run", str(workflow_file), "--stage", stage, "--manifest", str(manifest),
+                                          "--out", str(tmp_path / "local"), "--quiet"])
+        assert local.exit_code == 0, local.output
+    ours, theirs = open_cache(tmp_path / "cache"), open_cache(tmp_path / "local")
+    for stage in STAGES:
+        assert sorted(load_records(tmp_path / "cache" / stage)) == [0, 1, 2]
+        assert ours.ids(stage) == theirs.ids(stage) and len(ours.ids(stage)) == 6
+        for video_id in theirs.ids(stage):
+            a, b = ours.read(video_id, [stage]), theirs.read(video_id, [stage])
+            for name in b:  # features: float16 of float32 sums that may differ in their last bits
+                np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-2 if stage.startswith("features")
+                                           else 0, err_msg=f"{stage} {video_id} {name}")
