@@ -423,11 +423,12 @@ def render_heatmaps(preset: str | None, sigma: float | None, size: tuple[int, in
 @click.option("--scheduler", default=None, help="Address of a running dask scheduler (tcp://host:8786).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Workers of the local cluster (overrides the workflow's cluster.n_workers).")
-@click.option("--force", is_flag=True, help="Recompute shards that are already complete.")
+@click.option("--force", is_flag=True, help="Recompute shards that are already complete and train anew "
+              "(otherwise the train section continues from its last checkpoint).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--stage", "only_stage", default=None,
               help="Run only this stage's shards here, without dask (what `submit`'s array tasks do; "
-                   "the stages it requires must be in the cache).")
+                   "the stages it requires must be in the cache); `train`: only the train section.")
 @click.option("--shard-index", default=0, show_default=True, type=click.IntRange(min=0),
               help="With --stage: run only shards k with k % num-shards == shard-index.")
 @click.option("--num-shards", default=1, show_default=True, type=click.IntRange(min=1),
@@ -437,7 +438,7 @@ def run(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path
         scheduler: str | None, workers: int | None, force: bool, quiet: bool, only_stage: str | None,
         shard_index: int, num_shards: int) -> None:
     """Run a workflow YAML (a DAG of stages) on dask: a local cluster, a scheduler, or Slurm."""
-    from cslr_pipe.pipeline.dag import run_workflow, train_after_stages
+    from cslr_pipe.pipeline.dag import run_workflow
     from cslr_pipe.pipeline.runner import RunOptions
 
     workflow, manifest, out = open_workflow(workflow_file, manifest, out)
@@ -451,6 +452,13 @@ def run(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path
     options = RunOptions(out=Path(out).resolve(), root=(root or workflow.root or manifest.parent).resolve(),
                          shard_size=workflow.shard_size, compression=workflow.compression,
                          device=workflow.device, force=force, progress=False)
+    if only_stage == "train":
+        if not workflow.train:
+            fail_usage(f"{workflow_file} has no train section")
+        if num_shards != 1:
+            fail_usage("--stage train is one job: it takes no --shard-index or --num-shards")
+        train_workflow(workflow, manifest, rows, options.out, resume=not force)
+        return
     if only_stage is not None:
         from cslr_pipe.pipeline.runner import run_stage
         from cslr_pipe.pipeline.submit import workflow_stage
@@ -460,10 +468,22 @@ def run(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path
         return
     results = run_workflow(workflow, rows, options, scheduler, progress=not quiet)
     if workflow.train and not any(r.failed for r in results):
-        vocabulary = load_vocabulary_for(manifest, None, rows)
-        for line in train_after_stages(workflow, manifest, vocabulary, options.out, log=click.echo).lines:
-            click.echo(line)
+        train_workflow(workflow, manifest, rows, options.out, resume=not force)
     finish(results, bad_rows)
+
+
+def train_workflow(workflow, manifest: Path, rows: list, cache: Path, resume: bool) -> None:
+    """The workflow's train section on the cache, continuing from its last checkpoint if ``resume``."""
+    from cslr_pipe.pipeline.dag import train_after_stages
+    from cslr_pipe.training.trainer import SettingsChangedError
+
+    vocabulary = load_vocabulary_for(manifest, None, rows)
+    try:
+        report = train_after_stages(workflow, manifest, vocabulary, cache, log=click.echo, resume=resume)
+    except SettingsChangedError as error:
+        raise ValueError(f"{error} (--force trains anew)") from None
+    for line in report.lines:
+        click.echo(line)
 
 
 @main.command()
@@ -479,13 +499,18 @@ def run(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path
 @click.option("--logs", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
               help="Folder of the tasks' logs (cslr-pipe-<stage>-<job>_<task>.out); made if missing.")
 @click.option("--sbatch-option", "sbatch_options", multiple=True, metavar="OPTION",
-              help="Passed to every sbatch, repeatable (e.g. --sbatch-option=--partition=gpu "
+              help="Passed to every sbatch, repeatable (e.g. --sbatch-option=--partition=cpu "
                    "--sbatch-option=--mem=16G).")
+@click.option("--train-sbatch-option", "train_sbatch_options", multiple=True, metavar="OPTION",
+              help="Passed to the training job's sbatch instead of the --sbatch-option's, repeatable "
+                   "(e.g. --train-sbatch-option=--gres=gpu:1).")
 @handle_errors
 def submit(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path | None,
-           num_tasks: int | None, logs: Path, sbatch_options: tuple[str, ...]) -> None:
+           num_tasks: int | None, logs: Path, sbatch_options: tuple[str, ...],
+           train_sbatch_options: tuple[str, ...]) -> None:
     """Submit a workflow's stages as Slurm job arrays, each stage's task i after task i of the
-    stages it requires (--dependency=aftercorr); prints one job id per stage."""
+    stages it requires (--dependency=aftercorr), and its train section as one job after all of
+    them (--dependency=afterok); prints the job ids."""
     from cslr_pipe.pipeline.runner import plan_shards
     from cslr_pipe.pipeline.submit import MAX_TASKS, submit_workflow
 
@@ -495,11 +520,10 @@ def submit(workflow_file: Path, manifest: Path | None, out: Path | None, root: P
     num_tasks = num_tasks or min(len(plan_shards(rows, workflow.shard_size)), MAX_TASKS)
     submissions = submit_workflow(workflow, workflow_file.resolve(), Path(manifest).resolve(), Path(out).resolve(),
                                   Path(root).resolve() if root else None, num_tasks, logs.resolve(),
-                                  sbatch_options)
+                                  sbatch_options, train_sbatch_options or None)
     for submission in submissions:
-        click.echo(f"{submission.stage}: job {submission.job_id} ({num_tasks} tasks)")
-    if workflow.train:
-        click.echo("the workflow's train section is not submitted: run `cslr-pipe train` when the jobs are done")
+        tasks = "after every task of every stage" if submission.stage == "train" else f"{num_tasks} tasks"
+        click.echo(f"{submission.stage}: job {submission.job_id} ({tasks})")
 
 
 @main.command()

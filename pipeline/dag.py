@@ -243,15 +243,17 @@ class TrainingReport:
 
 
 def train_after_stages(workflow: Workflow, manifest: Path, vocabulary: list[str], cache: Path,
-                       log=print, progress: bool = True) -> TrainingReport:
-    """The workflow's `train` section: train on the cache, then score the best model on test."""
+                       log=print, progress: bool = True, resume: bool = False) -> TrainingReport:
+    """The workflow's `train` section: train on the cache (into CACHE/runs/MODEL, continuing from its
+    last.pt if ``resume`` and there is one), then score the best model on test."""
     from cslr_pipe.training.evaluation import evaluate_checkpoint
     from cslr_pipe.training.trainer import Run, TrainConfig, train
 
     options = {"device": workflow.device, **workflow.train}
     config = TrainConfig.for_model(options.pop("model", "ctc"), **options)
     run_dir = cache / "runs" / config.model
-    summary = train(config, Run(manifest, vocabulary, cache, run_dir), log=log, progress=progress)
+    summary = train(config, Run(manifest, vocabulary, cache, run_dir), log=log, progress=progress,
+                    resume=resume)
     evaluation = evaluate_checkpoint(Path(summary["checkpoint"]), manifest, cache, "test", out=run_dir,
                                      device=workflow.device)
     lines = [f"train: best dev WER {100 * summary['best_dev_wer']:.1f}% [plain WER], curves {run_dir / 'curves.png'}",

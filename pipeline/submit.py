@@ -4,7 +4,9 @@ Each stage becomes one ``sbatch --array=0-(N-1)`` job whose task i runs this tas
 stage's shards (``cslr-pipe run WORKFLOW --stage S --shard-index i --num-shards N``). Shard k of
 every stage holds the same videos, so task i of a stage that requires another stage of the workflow
 waits only for task i of that stage (``--dependency=aftercorr:JOB``); a task whose dependency failed
-is cancelled (``--kill-on-invalid-dep=yes``). Re-submitting resumes like every stage command.
+is cancelled (``--kill-on-invalid-dep=yes``). A workflow's ``train`` section becomes one more job that
+starts when every task of every stage has succeeded (``--dependency=afterok``). Re-submitting resumes
+like every stage command, and the training continues from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -25,11 +27,22 @@ MAX_TASKS = 1000  # Slurm's default MaxArraySize is 1001
 
 @dataclass
 class Submission:
-    """One submitted stage: its array job's id and the sbatch command line that made it."""
+    """One submitted job: a stage's array (or the training), its job id and its sbatch command line."""
 
     stage: str
     job_id: str
     command: list[str]
+
+
+@dataclass
+class PlannedJob:
+    """One sbatch command before submission: ``after`` names the jobs it waits for, ``dependency``
+    how (aftercorr: task by task; afterok: every task of them)."""
+
+    name: str
+    after: list[str]
+    dependency: str
+    argv: list[str]
 
 
 def workflow_stage(workflow: Workflow, name: str) -> tuple[Stage, dict]:
@@ -42,56 +55,61 @@ def workflow_stage(workflow: Workflow, name: str) -> tuple[Stage, dict]:
     raise ValueError(f"the workflow has no stage {name!r}; it has {', '.join(workflow.stages)}")
 
 
-def task_command(workflow_file: Path, stage: str, manifest: Path, out: Path, root: Path | None,
-                 num_tasks: int) -> str:
-    """The shell line one array task runs (this Python, so the job needs no activated venv)."""
-    words = [sys.executable, "-m", "cslr_pipe.pipeline.cli", "run", str(workflow_file), "--stage", stage,
-             "--manifest", str(manifest), "--out", str(out), *(["--root", str(root)] if root else []),
-             "--num-shards", str(num_tasks), "--quiet"]
-    return f"exec {shlex.join(words)} --shard-index \"$SLURM_ARRAY_TASK_ID\""
+def run_line(workflow_file: Path, stage: str, manifest: Path, out: Path, root: Path | None) -> list[str]:
+    """``cslr-pipe run WORKFLOW --stage STAGE ...`` with this Python, so a job needs no activated venv."""
+    return [sys.executable, "-m", "cslr_pipe.pipeline.cli", "run", str(workflow_file), "--stage", stage,
+            "--manifest", str(manifest), "--out", str(out), *(["--root", str(root)] if root else []), "--quiet"]
 
 
 def sbatch_commands(workflow: Workflow, workflow_file: Path, manifest: Path, out: Path, root: Path | None,
-                    num_tasks: int, logs: Path, sbatch_options: tuple[str, ...] = ()
-                    ) -> list[tuple[str, list[str], list[str]]]:
-    """(stage, the stages of the workflow it waits for, sbatch argv without the dependency) in
-    submission order."""
+                    num_tasks: int, logs: Path, sbatch_options: tuple[str, ...] = (),
+                    train_sbatch_options: tuple[str, ...] | None = None) -> list[PlannedJob]:
+    """The jobs in submission order: one array per stage, then (if the workflow has a train section)
+    one training job after all of them, with ``train_sbatch_options`` (default: ``sbatch_options``)."""
     if not 1 <= num_tasks <= MAX_TASKS:
         raise ValueError(f"--array must be between 1 and {MAX_TASKS}, got {num_tasks}")
     stages = ordered_stages(workflow)
     names = {stage.name for stage, _ in stages}
-    commands = []
+    jobs = []
     for stage, _ in stages:
         for required in stage.requires:
             if required not in names and not load_records(out / required):
                 raise ValueError(f"stage {stage.name} requires {required}, which is neither in the workflow "
                                  f"nor in {out}")
-        after = [required for required in stage.requires if required in names]
+        task = shlex.join([*run_line(workflow_file, stage.name, manifest, out, root), "--num-shards", str(num_tasks)])
         argv = ["sbatch", "--parsable", f"--array=0-{num_tasks - 1}", f"--job-name=cslr-pipe-{stage.name}",
                 f"--output={logs / f'cslr-pipe-{stage.name}-%A_%a.out'}", "--kill-on-invalid-dep=yes",
-                *sbatch_options,
-                f"--wrap={task_command(workflow_file, stage.name, manifest, out, root, num_tasks)}"]
-        commands.append((stage.name, after, argv))
-    return commands
+                *sbatch_options, f'--wrap=exec {task} --shard-index "$SLURM_ARRAY_TASK_ID"']
+        jobs.append(PlannedJob(stage.name, [s for s in stage.requires if s in names], "aftercorr", argv))
+    if workflow.train:
+        task = shlex.join(run_line(workflow_file, "train", manifest, out, root))
+        argv = ["sbatch", "--parsable", "--job-name=cslr-pipe-train", f"--output={logs / 'cslr-pipe-train-%j.out'}",
+                "--kill-on-invalid-dep=yes",
+                *(sbatch_options if train_sbatch_options is None else train_sbatch_options), f"--wrap=exec {task}"]
+        jobs.append(PlannedJob("train", [job.name for job in jobs], "afterok", argv))
+    return jobs
 
 
 def submit_workflow(workflow: Workflow, workflow_file: Path, manifest: Path, out: Path, root: Path | None,
-                    num_tasks: int, logs: Path, sbatch_options: tuple[str, ...] = ()) -> list[Submission]:
-    """Submit every stage; a stage that requires another waits for it task by task."""
+                    num_tasks: int, logs: Path, sbatch_options: tuple[str, ...] = (),
+                    train_sbatch_options: tuple[str, ...] | None = None) -> list[Submission]:
+    """Submit every job of :func:`sbatch_commands`, each with its dependencies on the earlier ones."""
     if shutil.which("sbatch") is None:
         raise ValueError("sbatch not found: run `cslr-pipe submit` where Slurm's commands are (a login node)")
-    commands = sbatch_commands(workflow, workflow_file, manifest, out, root, num_tasks, logs, sbatch_options)
+    planned = sbatch_commands(workflow, workflow_file, manifest, out, root, num_tasks, logs, sbatch_options,
+                              train_sbatch_options)
     logs.mkdir(parents=True, exist_ok=True)  # Slurm opens --output before the job runs
-    jobs: dict[str, str] = {}
+    ids: dict[str, str] = {}
     submissions = []
-    for stage, after, argv in commands:
-        if after:
-            argv.insert(2, "--dependency=aftercorr:" + ":".join(jobs[name] for name in after))
+    for job in planned:
+        argv = list(job.argv)
+        if job.after:
+            argv.insert(2, f"--dependency={job.dependency}:" + ":".join(ids[name] for name in job.after))
         result = subprocess.run(argv, capture_output=True, text=True)
         if result.returncode != 0:
             submitted = ", ".join(f"{s.stage} {s.job_id}" for s in submissions) or "none"
-            raise ValueError(f"sbatch refused stage {stage}: {' '.join(result.stderr.split())} "
-                               f"(already submitted: {submitted})")
-        jobs[stage] = result.stdout.strip().split(";")[0]
-        submissions.append(Submission(stage, jobs[stage], argv))
+            raise ValueError(f"sbatch refused {job.name}: {' '.join(result.stderr.split())} "
+                             f"(already submitted: {submitted})")
+        ids[job.name] = result.stdout.strip().split(";")[0]
+        submissions.append(Submission(job.name, ids[job.name], argv))
     return submissions

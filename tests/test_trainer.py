@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from cslr_pipe.pipeline.cli import main
@@ -68,3 +71,42 @@ def test_cli_fusion_flag(feature_corpus, tmp_path):
     result = CliRunner().invoke(main, ["train", "fusion", "--fusion", "conv", "--out", str(tmp_path / "b"), *common])
     assert result.exit_code == 0, result.output
     assert load_checkpoint(tmp_path / "b" / "best.pt")["config"]["model_options"]["fusion"] == "conv"
+
+
+def test_resume_refuses_other_settings(feature_corpus, tmp_path):
+    run = run_for(feature_corpus, tmp_path / "run")
+    train(config(4), run, log=lambda _: None, stop_after=1)
+    with pytest.raises(ValueError, match=r"last.pt: the run began with other settings \(epochs 4 -> 5\)"):
+        train(config(5), run, resume=True, log=lambda _: None)
+    lines = []  # where it runs is not a setting of the result
+    train(replace(config(4), device="cpu", num_workers=1), run, resume=True, log=lines.append, stop_after=1)
+    assert lines[1] == f"resumed from {run.out / 'last.pt'} at epoch 1"
+
+
+def test_run_stage_train_continues_its_last_checkpoint(feature_corpus, tmp_path):
+    """`run WORKFLOW --stage train` (a submitted workflow's training job) resumes when submitted again."""
+    cache = tmp_path / "cache"
+    shutil.copytree(feature_corpus / "cache", cache)
+    workflow = {"device": "cpu", "stages": {"probe": {}},
+                "train": {"model": "ctc", "streams": ["features.rgb"], "epochs": 2, "batch_size": 4, "lr": 3e-3,
+                          "model_options": {"hidden": 16}}}
+    path = tmp_path / "workflow.yaml"
+    path.write_text(yaml.safe_dump(workflow))
+    command = ["run", str(path), "--stage", "train", "--manifest", str(feature_corpus / "manifest.jsonl"),
+               "--out", str(cache), "--quiet"]
+    first = CliRunner().invoke(main, command)
+    assert first.exit_code == 0, first.output
+    assert "epoch 1:" in first.output and "\ntest: WER " in first.output
+    again = CliRunner().invoke(main, command)  # complete: nothing to train, the best model is scored again
+    assert again.exit_code == 0, again.output
+    assert "at epoch 2" in again.output and "epoch 1:" not in again.output
+    assert again.output.splitlines()[-1] == first.output.splitlines()[-1]
+    workflow["train"]["epochs"] = 3
+    path.write_text(yaml.safe_dump(workflow))
+    changed = CliRunner().invoke(main, command)
+    assert changed.exit_code == 2 and "other settings (epochs 2 -> 3)" in changed.output
+    assert "--force trains anew" in changed.output
+    forced = CliRunner().invoke(main, [*command, "--force"])
+    assert forced.exit_code == 0 and "epoch 2:" in forced.output and "resumed" not in forced.output
+    assert [json.loads(line)["epoch"] for line in (cache / "runs" / "ctc" / "log.jsonl").read_text().splitlines()] \
+        == [0, 1, 2]

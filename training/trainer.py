@@ -303,6 +303,7 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
     last = run.out / "last.pt"
     if resume and last.is_file():
         saved = load_checkpoint(last, device)
+        check_same_settings(saved["config"], asdict(config), last)
         model.load_state_dict(saved["model"])
         torch.set_rng_state(saved["torch_rng"][rank])
         history, first_epoch, best = saved["history"], saved["epoch"] + 1, saved["best_dev_wer"]
@@ -369,6 +370,22 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
         best = min(best, details.wer)
         distributed.barrier()
     return {"best_dev_wer": best, "epochs": len(history), "checkpoint": str(run.out / "best.pt")}
+
+
+RESUMABLE_CHANGES = ("device", "num_workers")  # settings that do not change what is computed
+
+
+class SettingsChangedError(ValueError):
+    """A run was asked to continue with settings other than those it began with."""
+
+
+def check_same_settings(saved: dict, current: dict, checkpoint: Path) -> None:
+    """A run continues only with the settings it began with (else its result would be neither)."""
+    changed = [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in dict.fromkeys([*saved, *current])
+               if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key)]
+    if changed:
+        raise SettingsChangedError(f"{checkpoint}: the run began with other settings ({'; '.join(changed)}): "
+                                   f"resume with the same settings, or train into another folder")
 
 
 def write_logs(history: list[dict], out: Path) -> None:

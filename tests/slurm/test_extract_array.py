@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shlex
 import shutil
 import sys
 import time
@@ -23,27 +21,24 @@ from cslr_pipe.features.store import load_records, open_cache
 from cslr_pipe.pipeline.cli import main
 from cslr_pipe.pipeline.synthetic import CorpusSpec, make_corpus
 
+from .readme import REPO, cluster_commands, readme_command, substituted
+
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = "workflows/slurm/extract.sbatch"
 SHARD_SIZE = 2  # 8 videos -> 4 shards over 3 tasks: task 0 runs shards 0 and 3
 COMMANDS = {"probe": "probe", "flow": "extract-flow"}  # stage as typed -> cslr-pipe command
 
 
-def readme_sbatch_lines() -> list[str]:
-    """The `sbatch ... extract.sbatch ...` lines of the README's cluster section."""
-    text = (REPO / "README.md").read_text()
-    section = re.search(r"^## Running on a cluster\n(.*?)(?=^## )", text, re.S | re.M).group(1)
-    return [line.strip() for line in section.splitlines() if line.startswith("sbatch ") and TEMPLATE in line]
+def readme_lines() -> list[list[str]]:
+    """The README's `sbatch ... extract.sbatch STAGE ...` commands."""
+    return readme_command("sbatch", TEMPLATE)
 
 
-def as_tested(line: str, manifest: Path, cache: Path, tasks: int = 3) -> list[str]:
-    """A README line with the test's manifest, cache, array size and shard size put in."""
-    words = shlex.split(line)
-    substitutions = {"my.jsonl": str(manifest), "my-cache": str(cache), TEMPLATE: str(REPO / TEMPLATE)}
-    words = [substitutions.get(word, word) for word in words]
-    words = [f"--array=0-{tasks - 1}" if word.startswith("--array=") else word for word in words]
+def as_tested(words: list[str], manifest: Path, cache: Path, tasks: int = 3) -> list[str]:
+    """A README command with the test's manifest, cache, array size and shard size put in."""
+    words = substituted(words, {"my.jsonl": str(manifest), "my-cache": str(cache), TEMPLATE: str(REPO / TEMPLATE),
+                                "--array=": f"--array=0-{tasks - 1}"})
     return words + ["--shard-size", str(SHARD_SIZE)]
 
 
@@ -92,11 +87,14 @@ def corpus(tmp_path_factory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("corpus"), CorpusSpec(num_videos=8, height=64, width=64))
 
 
-def test_readme_lines_are_the_tested_template_invocations():
-    lines = readme_sbatch_lines()
-    assert [shlex.split(line)[2:4] for line in lines] == [[TEMPLATE, "probe"], [TEMPLATE, "flow"]]
-    for line in lines:
-        words = shlex.split(line)
+def test_readme_commands_are_the_tested_ones():
+    """Every command of the README's cluster section is one these tests run (or a dask one)."""
+    kinds = [(words[0], next((w for w in words if w.startswith("workflows/")), None)) for words in cluster_commands()]
+    assert kinds == [("sbatch", TEMPLATE), ("sbatch", TEMPLATE), ("cslr-pipe", None),
+                     ("sbatch", "workflows/slurm/train.sbatch"), ("cslr-pipe", "workflows/demo.yaml"),
+                     ("cslr-pipe", None)]
+    assert [words[2:4] for words in readme_lines()] == [[TEMPLATE, "probe"], [TEMPLATE, "flow"]]
+    for words in readme_lines():
         assert words[1].startswith("--array=0-") and "--manifest" in words and "--out" in words
     # the template reads the array task's index and count, as the README says
     template = (REPO / TEMPLATE).read_text()
@@ -104,7 +102,7 @@ def test_readme_lines_are_the_tested_template_invocations():
     assert "--num-shards \"${CSLR_PIPE_NUM_TASKS:-${SLURM_ARRAY_TASK_COUNT:-1}}\"" in template
 
 
-@pytest.mark.parametrize("line", readme_sbatch_lines(), ids=lambda line: shlex.split(line)[3])
+@pytest.mark.parametrize("line", readme_lines(), ids=lambda words: words[3])
 def test_array_job_equals_local_run(slurm_cluster, corpus, tmp_path, line):
     command = as_tested(line, corpus, tmp_path / "cache")
     stage = stage_of(command)  # the cache folder has the stage's name
@@ -136,42 +134,51 @@ def copy_manifest(manifest: Path, folder: Path, extra: dict[int, dict]) -> Path:
     return out
 
 
-def test_cancelled_task_then_resubmitted_array_completes_the_cache(slurm_cluster, corpus, tmp_path):
-    # a video on a "hung file system": reading the FIFO blocks until the task is cancelled.
-    # It is the 7th of 9 videos, in shard 3 (of 0-4), which task 0 runs after committing shard 0.
-    stuck = tmp_path / "stuck.mp4"
-    os.mkfifo(stuck)
-    manifest = copy_manifest(corpus, tmp_path, {6: {"id": "stuck", "split": "train", "video": str(stuck),
+def test_cancelled_and_timed_out_tasks_then_resubmitted_array_completes_the_cache(slurm_cluster, corpus, tmp_path):
+    # videos on a "hung file system": reading a FIFO blocks until the task is stopped. Of 10
+    # videos in shards of 2 (0-4) over 3 tasks, "stuck" (7th) is in shard 3, which task 0 runs
+    # after committing shard 0, and "late" (9th) in shard 4, which task 1 runs after shard 1.
+    # Task 0 is cancelled; task 1 runs into the array's time limit of one minute.
+    hung = {"stuck": tmp_path / "stuck.mp4", "late": tmp_path / "late.mp4"}
+    for path in hung.values():
+        os.mkfifo(path)
+    manifest = copy_manifest(corpus, tmp_path, {6: {"id": "stuck", "split": "train", "video": str(hung["stuck"]),
+                                                    "glosses": ["A"]},
+                                                8: {"id": "late", "split": "train", "video": str(hung["late"]),
                                                     "glosses": ["A"]}})
-    command = as_tested(readme_sbatch_lines()[0], manifest, tmp_path / "cache")
-    job = slurm_cluster.submit(command, cwd=tmp_path, env=job_env())
+    command = as_tested(readme_lines()[0], manifest, tmp_path / "cache")
+    job = slurm_cluster.submit([command[0], "--time=1", *command[1:]], cwd=tmp_path, env=job_env())
     stage_dir = tmp_path / "cache" / "probe"
     deadline = time.monotonic() + 90
-    while not (0 in load_records(stage_dir) and list(stage_dir.glob(".shard-00003.h5.tmp-*"))):
-        assert time.monotonic() < deadline, "task 0 never reached the blocking video"
+    while not ({0, 1} <= set(load_records(stage_dir)) and len(list(stage_dir.glob(".shard-0000[34].h5.tmp-*"))) == 2):
+        assert time.monotonic() < deadline, "tasks 0 and 1 never reached their blocking videos"
         time.sleep(0.2)
     assert (0, "RUNNING") in slurm_cluster.active(job)
     slurm_cluster.run("scancel", f"{job}_0")
-    states = slurm_cluster.wait(job)
-    assert [states[t].state for t in range(3)] == ["CANCELLED", "COMPLETED", "COMPLETED"]
+    states = slurm_cluster.wait(job, timeout=180)  # time limits are enforced every 30 s
+    assert [states[t].state for t in range(3)] == ["CANCELLED", "TIMEOUT", "COMPLETED"]
+    assert "CANCELLED AT" in (tmp_path / f"cslr-pipe-{job}_0.out").read_text()
+    assert "DUE TO TIME LIMIT" in (tmp_path / f"cslr-pipe-{job}_1.out").read_text()
     records = load_records(stage_dir)
-    assert sorted(records) == [0, 1, 2, 4]  # shard 3 was being written: no record, so nobody trusts it
-    assert list(stage_dir.glob(".shard-00003.h5.tmp-*"))
+    assert sorted(records) == [0, 1, 2]  # shards 3 and 4 were being written: no record, nobody trusts them
+    assert len(list(stage_dir.glob(".shard-0000[34].h5.tmp-*"))) == 2
     before = {k: r.created for k, r in records.items()}
 
-    # the file system is back: the same array, submitted again, computes only shard 3
-    stuck.unlink()
-    shutil.copy(corpus.parent / "videos" / "demo-0001.mp4", stuck)
+    # the file system is back: the same array, submitted again, computes only shards 3 and 4
+    for path in hung.values():
+        path.unlink()
+        shutil.copy(corpus.parent / "videos" / "demo-0001.mp4", path)
     job = slurm_cluster.submit(command, cwd=tmp_path, env=job_env())
     states = slurm_cluster.wait(job)
     assert {t: (j.state, j.exit_code) for t, j in states.items()} == {t: ("COMPLETED", 0) for t in range(3)}
     records = load_records(stage_dir)
     assert {k: records[k].created for k in before} == before  # complete shards were not rewritten
-    assert not list(stage_dir.glob(".*.tmp-*"))  # the cancelled writer's file is gone
+    assert not list(stage_dir.glob(".*.tmp-*"))  # the stopped writers' files are gone
     manifest_ids = [json.loads(line)["id"] for line in manifest.read_text().splitlines()]
     assert ids_once(tmp_path / "cache", "probe") == sorted(manifest_ids)  # every video exactly once
-    log = (tmp_path / f"cslr-pipe-{job}_0.out").read_text()
-    assert "2 computed, 0 reused, 1 of 2 shards already complete, 0 failed" in log
+    for task in (0, 1):
+        log = (tmp_path / f"cslr-pipe-{job}_{task}.out").read_text()
+        assert "2 computed, 0 reused, 1 of 2 shards already complete, 0 failed" in log
     run_local(command, tmp_path / "local")
     assert_same_cache(tmp_path / "cache", tmp_path / "local", "probe")
 
@@ -181,7 +188,7 @@ def test_corrupt_video_fails_only_itself_and_its_task(slurm_cluster, corpus, tmp
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
     manifest = copy_manifest(corpus, tmp_path, {2: {"id": "broken", "split": "train", "video": str(broken),
                                                     "glosses": ["A"]}})
-    command = as_tested(readme_sbatch_lines()[0], manifest, tmp_path / "cache")
+    command = as_tested(readme_lines()[0], manifest, tmp_path / "cache")
     job = slurm_cluster.submit(command, cwd=tmp_path, env=job_env())
     states = slurm_cluster.wait(job)
     # "broken" is the 3rd video: shard 1, task 1

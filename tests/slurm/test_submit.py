@@ -17,31 +17,54 @@ from cslr_pipe.pipeline.dag import load_workflow
 from cslr_pipe.pipeline.submit import sbatch_commands
 from cslr_pipe.pipeline.synthetic import CorpusSpec, make_corpus
 
+from .readme import readme_command, substituted
+
 STAGES = ["probe", "flow", "features.flow"]
+TRAIN = {"model": "ctc", "streams": ["features.flow"], "epochs": 2, "batch_size": 2, "lr": 3e-3,
+         "model_options": {"hidden": 16}}
 
 
-def write_workflow(folder: Path) -> Path:
+def write_workflow(folder: Path, train: dict | None = None) -> Path:
     """probe; flow at 64x64; random-weight ResNet-18 features of the flow (features.flow needs flow)."""
     path = folder / "workflow.yaml"
     path.write_text(yaml.safe_dump({
         "shard_size": 2, "device": "cpu",
         "stages": {"probe": {}, "features.flow": {"weights": "none", "options": {"resize": 64, "crop": 56}},
                    "flow": {"size": [64, 64]}},
+        **({"train": train} if train else {}),
     }, sort_keys=False))
     return path
 
 
 def test_stages_are_submitted_in_order_with_taskwise_dependencies(tmp_path):
     workflow_file = write_workflow(tmp_path)
-    commands = sbatch_commands(load_workflow(workflow_file), workflow_file, tmp_path / "m.jsonl", tmp_path / "c",
-                               None, 3, tmp_path / "logs", ("--partition=debug",))
-    assert [(stage, after) for stage, after, _ in commands] == [("probe", []), ("flow", []),
-                                                                ("features.flow", ["flow"])]
-    for stage, _, argv in commands:
-        assert "--array=0-2" in argv and "--partition=debug" in argv and "--kill-on-invalid-dep=yes" in argv
-        wrap = next(word for word in argv if word.startswith("--wrap="))
-        assert f"run {workflow_file} --stage {stage} " in wrap and "--num-shards 3" in wrap
+    jobs = sbatch_commands(load_workflow(workflow_file), workflow_file, tmp_path / "m.jsonl", tmp_path / "c",
+                           None, 3, tmp_path / "logs", ("--partition=debug",))
+    assert [(job.name, job.after, job.dependency) for job in jobs] == [
+        ("probe", [], "aftercorr"), ("flow", [], "aftercorr"), ("features.flow", ["flow"], "aftercorr")]
+    for job in jobs:
+        assert "--array=0-2" in job.argv and "--partition=debug" in job.argv
+        assert "--kill-on-invalid-dep=yes" in job.argv
+        wrap = next(word for word in job.argv if word.startswith("--wrap="))
+        assert f"run {workflow_file} --stage {job.name} " in wrap and "--num-shards 3" in wrap
         assert wrap.endswith('--shard-index "$SLURM_ARRAY_TASK_ID"')
+
+
+def test_the_train_section_is_one_job_after_every_stage(tmp_path):
+    workflow_file = write_workflow(tmp_path, TRAIN)
+    workflow = load_workflow(workflow_file)
+    jobs = sbatch_commands(workflow, workflow_file, tmp_path / "m.jsonl", tmp_path / "c", None, 3,
+                           tmp_path / "logs", ("--partition=cpu",), ("--gres=gpu:1",))
+    train = jobs[-1]
+    assert (train.name, train.after, train.dependency) == ("train", STAGES, "afterok")
+    assert "--gres=gpu:1" in train.argv and "--partition=cpu" not in train.argv
+    assert not any(word.startswith("--array") for word in train.argv)
+    assert next(word for word in train.argv if word.startswith("--wrap=")).endswith(
+        f"run {workflow_file} --stage train --manifest {tmp_path / 'm.jsonl'} --out {tmp_path / 'c'} --quiet")
+    # without options of its own, the training job gets the stages' options
+    jobs = sbatch_commands(workflow, workflow_file, tmp_path / "m.jsonl", tmp_path / "c", None, 3,
+                           tmp_path / "logs", ("--partition=cpu",))
+    assert "--partition=cpu" in jobs[-1].argv
 
 
 def test_submit_refuses_a_stage_whose_input_is_nowhere(tmp_path):
@@ -52,6 +75,17 @@ def test_submit_refuses_a_stage_whose_input_is_nowhere(tmp_path):
                         None, 2, tmp_path)
 
 
+def readme_submit(workflow: Path, manifest: Path, cache: Path, logs: Path) -> list[str]:
+    """The README's `cslr-pipe submit` command with the test's files, 2 tasks and the test partition."""
+    [words] = readme_command("cslr-pipe", "submit")
+    words = substituted(words, {"my-workflow.yaml": str(workflow), "my.jsonl": str(manifest),
+                                "my-cache": str(cache), "logs": str(logs), "16": "2",
+                                "--sbatch-option=--partition=": "--sbatch-option=--partition=debug",
+                                "--train-sbatch-option=": "--train-sbatch-option=--cpus-per-task=1"})  # no GPUs
+    assert words[:2] == ["cslr-pipe", "submit"] and words[words.index("--array") + 1] == "2"
+    return words[1:]
+
+
 def when(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
@@ -59,20 +93,27 @@ def when(text: str) -> datetime:
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:features.flow. weights 'none'")
-def test_submitted_workflow_equals_local_run(slurm_cluster, tmp_path):
+def test_submitted_workflow_equals_local_run_and_trains_after_it(slurm_cluster, tmp_path):
     manifest = make_corpus(tmp_path / "corpus", CorpusSpec(num_videos=6, height=64, width=64))
-    workflow_file = write_workflow(tmp_path)
-    result = CliRunner().invoke(main, ["submit", str(workflow_file), "--manifest", str(manifest),
-                                       "--out", str(tmp_path / "cache"), "--array", "2",
-                                       "--logs", str(tmp_path / "logs")])
+    workflow_file = write_workflow(tmp_path, TRAIN)
+    result = CliRunner().invoke(main, readme_submit(workflow_file, manifest, tmp_path / "cache", tmp_path / "logs"))
     assert result.exit_code == 0, result.output
-    jobs = dict(re.findall(r"^(\S+): job (\d+) \(2 tasks\)$", result.output, re.M))
-    assert list(jobs) == STAGES
+    jobs = dict(re.findall(r"^(\S+): job (\d+) \((?:2 tasks|after every task of every stage)\)$", result.output, re.M))
+    assert list(jobs) == [*STAGES, "train"]
     states = {stage: slurm_cluster.wait(job, timeout=240) for stage, job in jobs.items()}
-    for stage, tasks in states.items():
+    for stage in STAGES:
         logs = {t: (tmp_path / "logs" / f"cslr-pipe-{stage}-{jobs[stage]}_{t}.out") for t in range(2)}
-        assert {t: (j.state, j.exit_code) for t, j in tasks.items()} == {0: ("COMPLETED", 0), 1: ("COMPLETED", 0)}, \
-            {t: p.read_text() for t, p in logs.items() if p.exists()}
+        assert {t: (j.state, j.exit_code) for t, j in states[stage].items()} == \
+            {0: ("COMPLETED", 0), 1: ("COMPLETED", 0)}, {t: p.read_text() for t, p in logs.items() if p.exists()}
+    train_log = (tmp_path / "logs" / f"cslr-pipe-train-{jobs['train']}.out").read_text()
+    assert (states["train"][0].state, states["train"][0].exit_code) == ("COMPLETED", 0), train_log
+    assert "epoch 1:" in train_log and re.search(r"^test: WER \d+\.\d+%", train_log, re.M), train_log
+    assert (tmp_path / "cache" / "runs" / "ctc" / "best.pt").is_file()
+    # training started only after every task of every stage had finished
+    train_start = re.search(r"StartTime=(\S+)", slurm_cluster.run("scontrol", "-o", "show", "job", jobs["train"]))
+    for stage in STAGES:
+        for line in slurm_cluster.run("scontrol", "-o", "show", "job", jobs[stage]).splitlines():
+            assert when(train_start.group(1)) >= when(re.search(r"EndTime=(\S+)", line).group(1))
     # task i of features.flow started only after task i of flow had finished
     for task in range(2):
         flow = slurm_cluster.run("scontrol", "-o", "show", "job", f"{jobs['flow']}_{task}")
