@@ -612,6 +612,7 @@ def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, 
     options = {**parse_options(model_options), **({"fusion": fusion} if fusion else {})}
     rows, _ = read_rows(manifest)
     require_split(manifest, rows, "train")
+    require_split(manifest, rows, "dev")  # the best checkpoint is chosen on dev
     if resume and not (out / "last.pt").is_file():
         fail_input(f"{out / 'last.pt'}: no checkpoint to resume from (--resume continues the run in --out; "
                    f"leave it out to start a new run)")

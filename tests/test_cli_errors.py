@@ -4,9 +4,11 @@ traceback; hostile files are refused before anything in them runs; help is compl
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import pickle
 import random
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +18,7 @@ import torch
 from click.testing import CliRunner
 
 from cslr_pipe.pipeline.cli import main
+from cslr_pipe.training.trainer import Run, TrainConfig, train
 
 
 def invoke(*args):
@@ -202,3 +205,19 @@ def test_cli_and_help_do_not_import_torch():
               "    assert 'torch' not in sys.modules, name\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_training_without_dev_videos_is_an_error(feature_corpus, tmp_path):
+    """Without dev videos every epoch would score 0 % and best.pt would be the first epoch's model."""
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(line + "\n" for line in (feature_corpus / "manifest.jsonl").read_text().splitlines()
+                                if '"split": "dev"' not in line))
+    shutil.copy(feature_corpus / "manifest.vocab.json", tmp_path / "manifest.vocab.json")
+    result = invoke("train", "ctc", "--manifest", manifest, "--cache", feature_corpus / "cache",
+                    "--out", tmp_path / "run", "--device", "cpu", "--epochs", "1")
+    error_line(result, str(manifest), "no rows of split 'dev'")
+    # the trainer itself refuses too (a workflow's train section does not pass through the command)
+    vocabulary = json.loads((tmp_path / "manifest.vocab.json").read_text())
+    with pytest.raises(ValueError, match="no dev videos with cached features.rgb"):
+        train(TrainConfig(streams=["features.rgb"], epochs=1, device="cpu"),
+              Run(manifest, vocabulary, feature_corpus / "cache", tmp_path / "run"), log=lambda _: None)

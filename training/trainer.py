@@ -293,6 +293,9 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
     seed_everything(config.seed)
     train_loader = make_loader(run, config, "train", True, rank, world_size)
     dev_loader = make_loader(run, config, "dev", False, rank, world_size)
+    if len(dev_loader.dataset) == 0:  # else every epoch would score 0 % and best.pt be the first epoch's
+        raise ValueError(f"{run.manifest}: no dev videos with cached {', '.join(config.streams)}: training "
+                         f"selects its best checkpoint by dev WER")
     dims = input_dims(train_loader.dataset, config.streams)
     model = build_model(config, dims, len(run.vocabulary)).to(device)
     torch.manual_seed(config.seed + rank)  # same initial weights everywhere, different noise per rank
