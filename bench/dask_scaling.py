@@ -6,7 +6,7 @@
 Renders the demo corpus (``--videos``), then runs the stages of workflows/demo.yaml (its train
 section left out) as ``cslr-pipe run WORKFLOW --workers W`` into a fresh cache each time, for W = 1
 and W = 2 (one thread per worker, the workflow's default), and, as a reference without dask, the
-same stages as stage commands one after the other in one process. The runs alternate
+same stages as stage commands one after the other (one process at a time). The runs alternate
 (1, 2, process, process, 2, 1, ...) so that a drift of the machine's speed hits each alike; each
 configuration's best wall time is reported with the ratios, and how many cores it kept busy on
 average (CPU time of the run's processes over its wall time). Every cache is checked to hold every
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--stages", nargs="+", choices=list(COMMANDS), default=list(COMMANDS),
-                        help="A part of the demo's stages (with the stages they need) [default: all].")
+                        help="A part of the demo's stages, each with the stages it needs [default: all].")
     args = parser.parse_args()
     stages = [name for name in COMMANDS if name in args.stages]
 
@@ -99,7 +99,7 @@ def main() -> None:
         return sum(wall for wall, _ in runs), sum(cpu for _, cpu in runs)
 
     configurations = {"1 worker": lambda cache: dask_run(1, cache), "2 workers": lambda cache: dask_run(2, cache),
-                      "one process, no dask": one_process}
+                      "stage commands, no dask": one_process}
     order = list(configurations)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in order}
     for repeat in range(args.repeats):
@@ -115,7 +115,8 @@ def main() -> None:
     for name, (wall, cpu) in best.items():
         print(f"  {name}: {wall:.1f} s ({args.videos / wall:.2f} videos/s), {cpu / wall:.2f} cores busy")
     print(f"2 workers against 1 worker: {best['1 worker'][0] / best['2 workers'][0]:.2f}x")
-    print(f"2 workers against one process without dask: {best['one process, no dask'][0] / best['2 workers'][0]:.2f}x")
+    print(f"2 workers against the stage commands without dask: "
+          f"{best['stage commands, no dask'][0] / best['2 workers'][0]:.2f}x")
 
 
 if __name__ == "__main__":

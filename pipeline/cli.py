@@ -457,7 +457,10 @@ def run(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path
             fail_usage(f"{workflow_file} has no train section")
         if num_shards != 1:
             fail_usage("--stage train is one job: it takes no --shard-index or --num-shards")
-        train_workflow(workflow, manifest, rows, options.out, resume=not force)
+    if workflow.train and only_stage in (None, "train"):
+        check_train_section(workflow, manifest, rows)  # before hours of extraction, not after
+    if only_stage == "train":
+        train_workflow(workflow_file, workflow, manifest, rows, options.out, resume=not force, progress=not quiet)
         return
     if only_stage is not None:
         from cslr_pipe.pipeline.runner import run_stage
@@ -468,20 +471,33 @@ def run(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path
         return
     results = run_workflow(workflow, rows, options, scheduler, progress=not quiet)
     if workflow.train and not any(r.failed for r in results):
-        train_workflow(workflow, manifest, rows, options.out, resume=not force)
+        train_workflow(workflow_file, workflow, manifest, rows, options.out, resume=not force, progress=not quiet)
     finish(results, bad_rows)
 
 
-def train_workflow(workflow, manifest: Path, rows: list, cache: Path, resume: bool) -> None:
+def check_train_section(workflow, manifest: Path, rows: list) -> None:
+    """Exit 2 now if the workflow's train section could not run: unknown options, no train or dev rows."""
+    from cslr_pipe.training.trainer import TrainConfig
+
+    options = dict(workflow.train)
+    TrainConfig.for_model(options.pop("model", "ctc"), **options)
+    require_split(manifest, rows, "train")
+    require_split(manifest, rows, "dev")  # the best checkpoint is chosen on dev
+
+
+def train_workflow(workflow_file: Path, workflow, manifest: Path, rows: list, cache: Path, resume: bool,
+                   progress: bool) -> None:
     """The workflow's train section on the cache, continuing from its last checkpoint if ``resume``."""
     from cslr_pipe.pipeline.dag import train_after_stages
     from cslr_pipe.training.trainer import SettingsChangedError
 
     vocabulary = load_vocabulary_for(manifest, None, rows)
     try:
-        report = train_after_stages(workflow, manifest, vocabulary, cache, log=click.echo, resume=resume)
+        report = train_after_stages(workflow, manifest, vocabulary, cache, log=click.echo, resume=resume,
+                                    progress=progress)
     except SettingsChangedError as error:
-        raise ValueError(f"{error} (--force trains anew)") from None
+        raise ValueError(f"{error} (`cslr-pipe run {workflow_file} --stage train --force` trains anew "
+                         f"without recomputing the stages)") from None
     for line in report.lines:
         click.echo(line)
 
@@ -497,13 +513,14 @@ def train_workflow(workflow, manifest: Path, rows: list, cache: Path, resume: bo
 @click.option("--array", "num_tasks", type=click.IntRange(min=1), default=None,
               help="Tasks per stage (array 0..N-1) [default: one per shard, at most 1000].")
 @click.option("--logs", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
-              help="Folder of the tasks' logs (cslr-pipe-<stage>-<job>_<task>.out); made if missing.")
+              help="Folder of the jobs' logs (cslr-pipe-<stage>-<job>_<task>.out, cslr-pipe-train-<job>.out); "
+                   "made if missing.")
 @click.option("--sbatch-option", "sbatch_options", multiple=True, metavar="OPTION",
               help="Passed to every sbatch, repeatable (e.g. --sbatch-option=--partition=cpu "
                    "--sbatch-option=--mem=16G).")
 @click.option("--train-sbatch-option", "train_sbatch_options", multiple=True, metavar="OPTION",
-              help="Passed to the training job's sbatch instead of the --sbatch-option's, repeatable "
-                   "(e.g. --train-sbatch-option=--gres=gpu:1).")
+              help="Passed to the training job's sbatch after the --sbatch-option's (the same option given "
+                   "again overrides), repeatable (e.g. --train-sbatch-option=--gres=gpu:1).")
 @handle_errors
 def submit(workflow_file: Path, manifest: Path | None, out: Path | None, root: Path | None,
            num_tasks: int | None, logs: Path, sbatch_options: tuple[str, ...],
@@ -516,11 +533,15 @@ def submit(workflow_file: Path, manifest: Path | None, out: Path | None, root: P
 
     workflow, manifest, out = open_workflow(workflow_file, manifest, out)
     rows, _ = read_rows(manifest)
+    if workflow.train:
+        check_train_section(workflow, manifest, rows)
+    elif train_sbatch_options:
+        fail_usage(f"--train-sbatch-option: {workflow_file} has no train section")
     root = root or workflow.root
     num_tasks = num_tasks or min(len(plan_shards(rows, workflow.shard_size)), MAX_TASKS)
     submissions = submit_workflow(workflow, workflow_file.resolve(), Path(manifest).resolve(), Path(out).resolve(),
                                   Path(root).resolve() if root else None, num_tasks, logs.resolve(),
-                                  sbatch_options, train_sbatch_options or None)
+                                  sbatch_options, train_sbatch_options)
     for submission in submissions:
         tasks = "after every task of every stage" if submission.stage == "train" else f"{num_tasks} tasks"
         click.echo(f"{submission.stage}: job {submission.job_id} ({tasks})")
@@ -612,7 +633,7 @@ def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, 
     options = {**parse_options(model_options), **({"fusion": fusion} if fusion else {})}
     rows, _ = read_rows(manifest)
     require_split(manifest, rows, "train")
-    require_split(manifest, rows, "dev")  # the best checkpoint is chosen on dev
+    require_split(manifest, rows, "dev")
     if resume and not (out / "last.pt").is_file():
         fail_input(f"{out / 'last.pt'}: no checkpoint to resume from (--resume continues the run in --out; "
                    f"leave it out to start a new run)")

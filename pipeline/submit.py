@@ -63,9 +63,9 @@ def run_line(workflow_file: Path, stage: str, manifest: Path, out: Path, root: P
 
 def sbatch_commands(workflow: Workflow, workflow_file: Path, manifest: Path, out: Path, root: Path | None,
                     num_tasks: int, logs: Path, sbatch_options: tuple[str, ...] = (),
-                    train_sbatch_options: tuple[str, ...] | None = None) -> list[PlannedJob]:
+                    train_sbatch_options: tuple[str, ...] = ()) -> list[PlannedJob]:
     """The jobs in submission order: one array per stage, then (if the workflow has a train section)
-    one training job after all of them, with ``train_sbatch_options`` (default: ``sbatch_options``)."""
+    one training job after all of them, with ``train_sbatch_options`` after ``sbatch_options``."""
     if not 1 <= num_tasks <= MAX_TASKS:
         raise ValueError(f"--array must be between 1 and {MAX_TASKS}, got {num_tasks}")
     stages = ordered_stages(workflow)
@@ -85,14 +85,14 @@ def sbatch_commands(workflow: Workflow, workflow_file: Path, manifest: Path, out
         task = shlex.join(run_line(workflow_file, "train", manifest, out, root))
         argv = ["sbatch", "--parsable", "--job-name=cslr-pipe-train", f"--output={logs / 'cslr-pipe-train-%j.out'}",
                 "--kill-on-invalid-dep=yes",
-                *(sbatch_options if train_sbatch_options is None else train_sbatch_options), f"--wrap=exec {task}"]
+                *sbatch_options, *train_sbatch_options, f"--wrap=exec {task}"]
         jobs.append(PlannedJob("train", [job.name for job in jobs], "afterok", argv))
     return jobs
 
 
 def submit_workflow(workflow: Workflow, workflow_file: Path, manifest: Path, out: Path, root: Path | None,
                     num_tasks: int, logs: Path, sbatch_options: tuple[str, ...] = (),
-                    train_sbatch_options: tuple[str, ...] | None = None) -> list[Submission]:
+                    train_sbatch_options: tuple[str, ...] = ()) -> list[Submission]:
     """Submit every job of :func:`sbatch_commands`, each with its dependencies on the earlier ones."""
     if shutil.which("sbatch") is None:
         raise ValueError("sbatch not found: run `cslr-pipe submit` where Slurm's commands are (a login node)")

@@ -76,7 +76,7 @@ def test_cli_fusion_flag(feature_corpus, tmp_path):
 def test_resume_refuses_other_settings(feature_corpus, tmp_path):
     run = run_for(feature_corpus, tmp_path / "run")
     train(config(4), run, log=lambda _: None, stop_after=1)
-    with pytest.raises(ValueError, match=r"last.pt: the run began with other settings \(epochs 4 -> 5\)"):
+    with pytest.raises(ValueError, match=r"last.pt: the run began with other settings or data \(epochs 4 -> 5\)"):
         train(config(5), run, resume=True, log=lambda _: None)
     lines = []  # where it runs is not a setting of the result
     train(replace(config(4), device="cpu", num_workers=1), run, resume=True, log=lines.append, stop_after=1)
@@ -99,13 +99,13 @@ def test_run_stage_train_continues_its_last_checkpoint(feature_corpus, tmp_path)
     assert "epoch 1:" in first.output and "\ntest: WER " in first.output
     again = CliRunner().invoke(main, command)  # complete: nothing to train, the best model is scored again
     assert again.exit_code == 0, again.output
-    assert "at epoch 2" in again.output and "epoch 1:" not in again.output
+    assert "all 2 epochs are done" in again.output and "epoch 1:" not in again.output
     assert again.output.splitlines()[-1] == first.output.splitlines()[-1]
     workflow["train"]["epochs"] = 3
     path.write_text(yaml.safe_dump(workflow))
     changed = CliRunner().invoke(main, command)
-    assert changed.exit_code == 2 and "other settings (epochs 2 -> 3)" in changed.output
-    assert "--force trains anew" in changed.output
+    assert changed.exit_code == 2 and "other settings or data (epochs 2 -> 3)" in changed.output
+    assert f"cslr-pipe run {path} --stage train --force` trains anew" in changed.output
     forced = CliRunner().invoke(main, [*command, "--force"])
     assert forced.exit_code == 0 and "epoch 2:" in forced.output and "resumed" not in forced.output
     assert [json.loads(line)["epoch"] for line in (cache / "runs" / "ctc" / "log.jsonl").read_text().splitlines()] \

@@ -17,6 +17,7 @@ is the checkpoint with the lowest dev WER within the last phase.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 import time
@@ -285,7 +286,6 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
     log = log if main else (lambda _: None)
     if main:
         run.out.mkdir(parents=True, exist_ok=True)
-        events = EventWriter(run.out)  # a resumed run adds a new event file
     streams = resolve_streams(config.streams, Cache(run.cache).stages())
     log("streams: " + ", ".join(name if name == stage else f"{name} -> {stage}"
                                  for name, stage in zip(config.streams, streams)))
@@ -303,16 +303,20 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.startswith("cuda"))
     history, first_epoch, best, phase, saved = [], 0, float("inf"), None, None
 
+    identity = run_identity(config, run.vocabulary, dims, world_size, train_loader.dataset, dev_loader.dataset)
     last = run.out / "last.pt"
     if resume and last.is_file():
         saved = load_checkpoint(last, device)
-        check_same_settings(saved["config"], asdict(config), last)
+        check_same_run(saved.get("identity", {}), identity, last)
         model.load_state_dict(saved["model"])
         torch.set_rng_state(saved["torch_rng"][rank])
         history, first_epoch, best = saved["history"], saved["epoch"] + 1, saved["best_dev_wer"]
-        log(f"resumed from {last} at epoch {first_epoch}")
+        log(f"resumed from {last} at epoch {first_epoch}" if first_epoch < config.epochs else
+            f"{last}: all {config.epochs} epochs are done; its best model is scored")
 
     end = config.epochs if stop_after is None else min(config.epochs, first_epoch + stop_after)
+    if main and first_epoch < end:
+        events = EventWriter(run.out)  # a resumed run adds a new event file
     for epoch in range(first_epoch, end):
         name, first, length = phase_of(phases, epoch)
         if name != phase:
@@ -363,7 +367,7 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
         rng_states = distributed.gather_dict({rank: torch.get_rng_state()})
         if main:
             state = {"config": asdict(config), "vocabulary": run.vocabulary, "input_dims": dims,
-                     "model": model.state_dict(), "epoch": epoch, "history": history}
+                     "model": model.state_dict(), "epoch": epoch, "history": history, "identity": identity}
             if details.wer < best:
                 save_checkpoint(run.out / "best.pt", **state, best_dev_wer=details.wer)
             save_checkpoint(last, **state, best_dev_wer=min(best, details.wer), optimizer=optimizer.state_dict(),
@@ -379,16 +383,32 @@ RESUMABLE_CHANGES = ("device", "num_workers")  # settings that do not change wha
 
 
 class SettingsChangedError(ValueError):
-    """A run was asked to continue with settings other than those it began with."""
+    """A run was asked to continue with settings or data other than those it began with."""
 
 
-def check_same_settings(saved: dict, current: dict, checkpoint: Path) -> None:
-    """A run continues only with the settings it began with (else its result would be neither)."""
-    changed = [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in dict.fromkeys([*saved, *current])
-               if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key)]
+def run_identity(config: TrainConfig, vocabulary: list[str], dims: dict[str, int], processes: int,
+                 train_set, dev_set) -> dict:
+    """What a resumed run must share with the run it continues: the settings (except where it runs),
+    the vocabulary, the input sizes, the number of processes and the train and dev videos."""
+    settings = {key: value for key, value in asdict(config).items() if key not in RESUMABLE_CHANGES}
+    videos = {split: f"{len(dataset.ids)} videos, sha256 {digest(dataset.ids)}"
+              for split, dataset in (("train videos", train_set), ("dev videos", dev_set))}
+    return {**settings, "vocabulary": f"{len(vocabulary)} entries, sha256 {digest(vocabulary)}",
+            "input_dims": dims, "processes": processes, **videos}
+
+
+def digest(words: list[str]) -> str:
+    return hashlib.sha256("\n".join(words).encode()).hexdigest()[:12]
+
+
+def check_same_run(saved: dict, current: dict, checkpoint: Path) -> None:
+    """A run continues only as the run it began as (else its result would be neither); what a
+    checkpoint does not record (one written by an older version) is not compared."""
+    changed = [f"{key} {saved[key]!r} -> {current[key]!r}" for key in current
+               if key in saved and saved[key] != current[key]]
     if changed:
-        raise SettingsChangedError(f"{checkpoint}: the run began with other settings ({'; '.join(changed)}): "
-                                   f"resume with the same settings, or train into another folder")
+        raise SettingsChangedError(f"{checkpoint}: the run began with other settings or data "
+                                   f"({'; '.join(changed)}): resume with the same, or train anew")
 
 
 def write_logs(history: list[dict], out: Path) -> None:

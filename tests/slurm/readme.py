@@ -1,8 +1,8 @@
 """The shell commands of the README's "Running on a cluster" section, as the tests run them.
 
 Each Slurm test takes its command from the README and substitutes only what must differ on the
-test cluster (file names, array size, a GPU request); so a README edit that breaks a command
-breaks a test.
+test cluster (file names, the array size, the partition, GPU requests); so a README edit that
+breaks a command breaks a test.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ def cluster_commands() -> list[list[str]]:
 
 
 def readme_command(*prefix: str) -> list[list[str]]:
-    """The section's commands whose words start with ``prefix`` or contain it in order from word 1
-    on (``readme_command("sbatch", "workflows/slurm/train.sbatch")`` finds ``sbatch --gres=... train.sbatch``)."""
+    """The section's commands whose first word is ``prefix[0]`` and which contain the other words
+    (``readme_command("sbatch", "workflows/slurm/train.sbatch")`` finds ``sbatch --gres=... train.sbatch``)."""
     found = []
     for words in cluster_commands():
         if words[0] == prefix[0] and all(word in words for word in prefix[1:]):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -57,14 +60,59 @@ def test_the_train_section_is_one_job_after_every_stage(tmp_path):
                            tmp_path / "logs", ("--partition=cpu",), ("--gres=gpu:1",))
     train = jobs[-1]
     assert (train.name, train.after, train.dependency) == ("train", STAGES, "afterok")
-    assert "--gres=gpu:1" in train.argv and "--partition=cpu" not in train.argv
+    assert train.argv.index("--partition=cpu") < train.argv.index("--gres=gpu:1")  # its own come last
     assert not any(word.startswith("--array") for word in train.argv)
     assert next(word for word in train.argv if word.startswith("--wrap=")).endswith(
         f"run {workflow_file} --stage train --manifest {tmp_path / 'm.jsonl'} --out {tmp_path / 'c'} --quiet")
-    # without options of its own, the training job gets the stages' options
-    jobs = sbatch_commands(workflow, workflow_file, tmp_path / "m.jsonl", tmp_path / "c", None, 3,
-                           tmp_path / "logs", ("--partition=cpu",))
-    assert "--partition=cpu" in jobs[-1].argv
+    assert all("--gres=gpu:1" not in job.argv for job in jobs[:-1])
+
+
+def test_submit_chains_the_jobs_by_their_ids(tmp_path, monkeypatch):
+    """With an sbatch that records its arguments: each job names the ids of the jobs it waits for."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.jsonl"
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(f"""#!{sys.executable}
+import json, sys
+with open({str(calls)!r}, "a") as handle:
+    handle.write(json.dumps(sys.argv[1:]) + "\\n")
+print(f"{{100 + sum(1 for _ in open({str(calls)!r}))}};cluster")
+""")
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"v{i}", "split": split, "video": f"v{i}.mp4", "glosses": ["A"]})
+                                + "\n" for i, split in enumerate(["train", "train", "dev", "test"])))
+    workflow_file = write_workflow(tmp_path, TRAIN)
+    result = CliRunner().invoke(main, ["submit", str(workflow_file), "--manifest", str(manifest), "--out",
+                                       str(tmp_path / "cache"), "--array", "2", "--logs", str(tmp_path / "logs"),
+                                       "--train-sbatch-option=--gres=gpu:1"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["probe: job 101 (2 tasks)", "flow: job 102 (2 tasks)",
+                                          "features.flow: job 103 (2 tasks)",
+                                          "train: job 104 (after every task of every stage)"]
+    argvs = [json.loads(line) for line in calls.read_text().splitlines()]
+    dependencies = [[word for word in argv if word.startswith("--dependency")] for argv in argvs]
+    assert dependencies == [[], [], ["--dependency=aftercorr:102"], ["--dependency=afterok:101:102:103"]]
+    assert all(argv.index(dependency[0]) < argv.index(argv[-1]) for argv, dependency in zip(argvs, dependencies)
+               if dependency)  # before --wrap, the last argument
+    assert "--gres=gpu:1" in argvs[3] and not any("--gres=gpu:1" in argv for argv in argvs[:3])
+
+
+def test_submit_checks_the_train_section_before_submitting(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: nothing could be submitted anyway
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "v0", "split": "train", "video": "v0.mp4", "glosses": ["A"]}) + "\n")
+    result = CliRunner().invoke(main, ["submit", str(write_workflow(tmp_path, TRAIN)), "--manifest", str(manifest),
+                                       "--out", str(tmp_path / "cache")])
+    assert result.exit_code == 2 and "no rows of split 'dev'" in result.output
+    result = CliRunner().invoke(main, ["submit", str(write_workflow(tmp_path, {**TRAIN, "epoch": 3})),
+                                       "--manifest", str(manifest), "--out", str(tmp_path / "cache")])
+    assert result.exit_code == 2 and "unknown training option(s): epoch" in result.output
+    result = CliRunner().invoke(main, ["submit", str(write_workflow(tmp_path)), "--manifest", str(manifest),
+                                       "--out", str(tmp_path / "cache"), "--train-sbatch-option=--gres=gpu:1"])
+    assert result.exit_code == 2 and "has no train section" in result.output
 
 
 def test_submit_refuses_a_stage_whose_input_is_nowhere(tmp_path):

@@ -59,7 +59,7 @@ def test_cancelled_training_resubmitted_with_resume_continues(slurm_cluster, fea
     out = tmp_path / "run"
     job = slurm_cluster.submit(readme_train(feature_corpus, out, "--epochs", "400"), cwd=tmp_path, env=job_env())
     deadline = time.monotonic() + 180
-    while not ((out / "log.jsonl").is_file() and len(history(out)) >= 2):
+    while not ((out / "last.pt").is_file() and load_checkpoint(out / "last.pt")["epoch"] >= 1):  # replaced atomically
         assert time.monotonic() < deadline and slurm_cluster.active(job), "no second epoch"
         time.sleep(0.2)
     slurm_cluster.run("scancel", job)
