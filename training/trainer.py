@@ -312,7 +312,7 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
         torch.set_rng_state(saved["torch_rng"][rank])
         history, first_epoch, best = saved["history"], saved["epoch"] + 1, saved["best_dev_wer"]
         log(f"resumed from {last} at epoch {first_epoch}" if first_epoch < config.epochs else
-            f"{last}: all {config.epochs} epochs are done; its best model is scored")
+            f"{last}: all {config.epochs} epochs are done")
 
     end = config.epochs if stop_after is None else min(config.epochs, first_epoch + stop_after)
     if main and first_epoch < end:
