@@ -65,6 +65,8 @@ def load_workflow(path: str | Path) -> Workflow:
     unknown = sorted(set(data) - WORKFLOW_KEYS)
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    if "train" in data["stages"]:  # `run --stage train` and `submit`'s train job mean the train section
+        raise ValueError(f"{path}: a stage may not be called 'train' (the train section goes beside 'stages')")
     for key in ("manifest", "out", "root"):
         if data.get(key) is not None:
             data[key] = (path.parent / data[key]).resolve()

@@ -37,6 +37,9 @@ def test_load_workflow_resolves_paths_and_refuses_unknown_keys(tmp_path):
     path.write_text("stages: {probe: {}}\nmanifests: x\n")
     with pytest.raises(ValueError, match="unknown key"):
         load_workflow(path)
+    path.write_text("stages: {probe: {}, train: {stage: 'my.module:stage'}}\n")
+    with pytest.raises(ValueError, match="a stage may not be called 'train'"):
+        load_workflow(path)
     path.write_text("!!python/object/apply:os.system ['true']\n")
     with pytest.raises(Exception, match="python/object"):
         load_workflow(path)  # yaml.safe_load refuses to construct objects
