@@ -17,8 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 def cluster_commands() -> list[list[str]]:
     """Every command of the section's bash blocks (continuation lines joined, comments dropped)."""
     text = (REPO / "README.md").read_text()
-    section = re.search(r"^## Running on a cluster\n(.*?)(?=^## )", text, re.S | re.M).group(1)
-    blocks = re.findall(r"^```bash\n(.*?)^```", section, re.S | re.M)
+    section = re.search(r"^## Running on a cluster\n(.*?)(?=^## )", text, re.S | re.M)
+    assert section, "README.md has no '## Running on a cluster' section followed by another '## ' section"
+    blocks = re.findall(r"^```bash\n(.*?)^```", section.group(1), re.S | re.M)
+    assert blocks, "README.md's cluster section has no ```bash block"
     joined = "\n".join(blocks).replace("\\\n", " ")
     return [shlex.split(line, comments=True) for line in joined.splitlines() if line.strip()]
 
