@@ -93,13 +93,13 @@ def main() -> None:
         return timed_run([cli, "run", str(workflow), "--manifest", str(manifest), "--out", str(cache),
                           "--workers", str(workers), "--quiet"])
 
-    def one_process(cache: Path) -> tuple[float, float]:
+    def stage_commands(cache: Path) -> tuple[float, float]:
         runs = [timed_run([cli, *command, "--manifest", str(manifest), "--out", str(cache), "--quiet",
                            "--shard-size", str(args.shard_size)]) for command in map(COMMANDS.get, stages)]
         return sum(wall for wall, _ in runs), sum(cpu for _, cpu in runs)
 
     configurations = {"1 worker": lambda cache: dask_run(1, cache), "2 workers": lambda cache: dask_run(2, cache),
-                      "stage commands, no dask": one_process}
+                      "stage commands, no dask": stage_commands}
     order = list(configurations)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in order}
     for repeat in range(args.repeats):
