@@ -25,33 +25,55 @@ values give a strong "grammar", large ones uniform random glosses), except that 
 ``repeat_prob`` the previous gloss is repeated ("A A B"; never three in a row). Dev and test
 sentences only use glosses that train has, and never equal a train sentence or each other.
 
-Timing. A sentence draws a signing speed (duration factor) uniform in ``sentence_speed`` and each
-gloss occurrence another in ``gloss_speed``; the occurrence lasts ``round(base_frames * both)``
-frames (at least ``min_gloss_frames``; 0.6x-1.6x of the base with the defaults), split among the
-segments between its keys in random proportions. Each occurrence's keys are jittered
-(``key_jitter``), so repeated glosses are never identical.
+Signers. The world has ``num_signers`` signers ("S01", "S02" ...), each with a fixed affine map of
+the pose space ``z -> (I + distortion G / sqrt(latent_dim)) z + offset`` (G standard normal, the
+offset ~ N(0, ``offset``): body proportions, position), a fixed feature offset ~ N(0,
+``feature_offset``) (lighting, background) and a fixed signing speed (duration factor) uniform in
+``sentence_speed``. Each train, dev and test sentence is signed by one of them, drawn per sentence.
+
+Timing. A sentence is signed at its signer's speed and each gloss occurrence draws another
+duration factor in ``gloss_speed``; the occurrence lasts ``round(base_frames * both)`` frames (at
+least ``min_gloss_frames``; 0.6x-1.6x of the base with the defaults), split among the segments
+between its keys in random proportions. Each occurrence's keys are jittered (``key_jitter``), so
+repeated glosses are never identical.
 
 Coarticulation. Between two glosses a *transition* blends the end key of one into the start key of
-the next in ``transition_frames`` frames (scaled by the sentence speed); with probability
+the next in ``transition_frames`` frames (scaled by the signer's speed); with probability
 ``detour_prob`` it passes near a key of some other gloss on its way (a movement epenthesis that
 looks like a fragment of a sign that is not there). Between a gloss and its repetition the
 transition is short (``repeat_transition_frames``): the hand only returns to the start. A sentence
 starts and ends with ``rest_frames`` frames near the rest pose and a transition from / to it.
 
-Signer and camera. Per sentence, the latent poses go through a random affine map
-``z -> (I + distortion G) z + offset`` (body proportions, position), the features get a random
-per-sentence offset (lighting, background) and every frame i.i.d. Gaussian noise (``noise``).
+Rendering. The latent poses go through the signer's map and then the sentence's own small
+variation of it (a map of the same form, its scales times ``sentence_variation``), the readout, the
+signer's feature offset plus the sentence's own (times ``sentence_variation``) and every frame
+i.i.d. Gaussian noise (``noise``).
+
+Shifted test split. To score a trainer on data it was not tuned on, ``num_shifted`` further test
+sentences ("shifted-00001" ...) differ from the ordinary test split in three ways: they are signed
+by ``shifted_signers`` new signers ("N01" ..., drawn like the others, never in train), each next
+gloss is with probability ``shifted_offgrammar`` uniform among the allowed glosses (not the
+previous one) instead of from the bigram model, and lengths are uniform in ``shifted_lengths``
+(longer on average, but within ``min_glosses..max_glosses``). They too use only train glosses and
+never equal a train, dev, test or other shifted sentence. They come from their own random
+streams: adding them or changing their fields leaves every other row and feature as it was.
 
 Output (:func:`make_feature_corpus`)::
 
-    OUT/manifest.jsonl                 one row per sentence (video = "synthetic/<id>": no file)
+    OUT/manifest.jsonl                 one row per sentence (video = "synthetic/<id>": no file,
+                                       signer = the signer's id)
     OUT/manifest.vocab.json            train glosses, blank first (build_vocabulary)
-    OUT/cache/features.synthetic/      committed shards: [T, dim] float16 per sentence, stream
-                                       STREAM; group attrs "segments" (JSON [[gloss, start, end),
-                                       ...] frames of each gloss occurrence) and "speed"
+    OUT/manifest-shifted.jsonl         (SHIFTED_MANIFEST) the same train and dev rows; the shifted
+                                       sentences instead of the ordinary ones as split "test"
+    OUT/manifest-shifted.vocab.json    the same vocabulary
+    OUT/cache/features.synthetic/      committed shards: [T, dim] float16 per sentence (the
+                                       shifted ones in extra shards), stream STREAM; group attrs
+                                       "segments" (JSON [[gloss, start, end), ...] frames of each
+                                       gloss occurrence) and "speed"
 
 Train with ``TrainConfig(streams=[STREAM], ...)``, ``Run(OUT/manifest.jsonl, vocabulary,
-OUT/cache, ...)``. Everything is a function of the spec: equal specs give identical files.
+OUT/cache, ...)``; score on the shifted split with ``shifted_manifest(OUT)`` instead of the
+manifest. Everything is a function of the spec: equal specs give identical files.
 """
 
 from __future__ import annotations
@@ -70,8 +92,9 @@ from cslr_pipe.pipeline.manifest import (ManifestRow, build_vocabulary, write_ma
 
 STREAM = "features.synthetic"  # the cache stage and dataset name of the features
 GENERATOR = "cslr_pipe.pipeline.synthetic_features"
-GENERATOR_VERSION = 1  # bump when the same spec would generate different data
+GENERATOR_VERSION = 2  # bump when the same spec would generate different data
 SHARD_SIZE = 256  # sentences per shard
+SHIFTED_MANIFEST = "manifest-shifted.jsonl"  # next to manifest.jsonl: the shifted test split
 
 
 @dataclass(frozen=True)
@@ -97,23 +120,31 @@ class FeatureCorpusSpec:
     repeat_prob: float = 0.12  # chance that a gloss repeats the previous one ("A A B")
     base_frames: int = 10  # frames of a gloss at speed 1
     min_gloss_frames: int = 4
-    sentence_speed: tuple[float, float] = (0.8, 1.25)  # duration factor per sentence
+    sentence_speed: tuple[float, float] = (0.8, 1.25)  # duration factor per signer
     gloss_speed: tuple[float, float] = (0.75, 1.3)  # duration factor per gloss occurrence
     key_jitter: float = 0.3  # std of each occurrence's key offsets (latent units, keys ~ N(0, 1))
     transition_frames: tuple[int, int] = (2, 7)  # between different glosses, at speed 1
     repeat_transition_frames: tuple[int, int] = (1, 3)  # between a gloss and its repetition
     detour_prob: float = 0.4  # chance that a transition passes near another gloss's key
     rest_frames: tuple[int, int] = (3, 8)  # near the rest pose at each end
-    distortion: float = 0.3  # scale of the per-sentence random linear map of the pose space
-    offset: float = 0.3  # std of the per-sentence pose offset
-    feature_offset: float = 0.1  # std of the per-sentence feature offset
+    num_signers: int = 8  # signers of train, dev and test (one per sentence, drawn)
+    distortion: float = 0.3  # scale of a signer's random linear map of the pose space
+    offset: float = 0.3  # std of a signer's pose offset
+    feature_offset: float = 0.1  # std of a signer's feature offset
+    sentence_variation: float = 0.1  # scale of a sentence's own map and offsets, relative to those
     noise: float = 0.5  # std of the per-frame feature noise
+    num_shifted: int = 150  # sentences of the shifted test split
+    shifted_signers: int = 4  # new signers of the shifted split, none of them in train
+    shifted_offgrammar: float = 0.5  # chance that a shifted next gloss ignores the bigram model
+    shifted_lengths: tuple[int, int] = (4, 7)  # glosses per shifted sentence
     fps: float = 25.0
     seed: int = 0
 
     def __post_init__(self):
-        if min(self.num_train, self.num_dev, self.num_test) < 1:
+        if min(self.num_train, self.num_dev, self.num_test, self.num_shifted) < 1:
             raise ValueError("every split needs at least one sentence")
+        if self.num_signers < 1 or self.shifted_signers < 1:
+            raise ValueError("need num_signers >= 1 and shifted_signers >= 1")
         if not 1 <= self.num_families <= self.num_glosses:
             raise ValueError("need 1 <= num_families <= num_glosses")
         if self.num_families > len(string.ascii_uppercase):
@@ -123,8 +154,14 @@ class FeatureCorpusSpec:
         if self.keys_per_gloss < 2 or self.dim < 1 or self.latent_dim < 1:
             raise ValueError("need keys_per_gloss >= 2, dim >= 1 and latent_dim >= 1")
         if not (0 <= self.family_similarity <= 1 and 0 <= self.mirror_prob <= 1
-                and 0 <= self.repeat_prob < 1 and 0 <= self.detour_prob <= 1):
+                and 0 <= self.repeat_prob < 1 and 0 <= self.detour_prob <= 1
+                and 0 <= self.shifted_offgrammar <= 1):
             raise ValueError("similarity and probabilities must lie in [0, 1] (repeat_prob < 1)")
+        low, high = self.shifted_lengths
+        if not self.min_glosses <= low <= high <= self.max_glosses:
+            raise ValueError("shifted_lengths must be (low, high) within min_glosses..max_glosses")
+        if self.sentence_variation < 0:
+            raise ValueError("sentence_variation must be >= 0")
         for name in ("sentence_speed", "gloss_speed", "transition_frames",
                      "repeat_transition_frames", "rest_frames"):
             low, high = getattr(self, name)
@@ -141,6 +178,18 @@ class FeatureCorpusSpec:
 # ---------------------------------------------------------------- the world (seeded once)
 
 @dataclass(frozen=True)
+class Signer:
+    """A signer's fixed look and pace: poses ``z -> distort z + offset``, then features
+    ``+ feature_offset``; everything it signs lasts ``speed`` times the base."""
+
+    id: str
+    distort: np.ndarray  # [latent_dim, latent_dim] I + distortion G / sqrt(latent_dim)
+    offset: np.ndarray  # [latent_dim] pose offset
+    feature_offset: np.ndarray  # [dim]
+    speed: float  # duration factor of everything it signs
+
+
+@dataclass(frozen=True)
 class World:
     """Everything shared by the sentences of a corpus."""
 
@@ -151,10 +200,34 @@ class World:
     bigram: np.ndarray  # [num_glosses, num_glosses] next-gloss probabilities (diagonal 0)
     readout: np.ndarray  # [dim, latent_dim] W of relu(W z + c)
     bias: np.ndarray  # [dim] c
+    signers: tuple[Signer, ...]  # of train, dev and test
+    shifted_signers: tuple[Signer, ...]  # of the shifted test split only
+
+
+def _affine(spec: FeatureCorpusSpec, rng: np.random.Generator,
+            scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random pose map [d, d], pose offset [d] and feature offset [dim], ``scale`` times the
+    spec's distortion and offsets."""
+    d = spec.latent_dim
+    distort = np.eye(d) + scale * spec.distortion * rng.normal(size=(d, d)) / np.sqrt(d)
+    return (distort, rng.normal(0, scale * spec.offset, d),
+            rng.normal(0, scale * spec.feature_offset, spec.dim))
+
+
+def make_signers(spec: FeatureCorpusSpec, count: int, prefix: str,
+                 rng: np.random.Generator) -> tuple[Signer, ...]:
+    """``count`` signers "<prefix>01", ... with their maps and speeds drawn from ``rng``."""
+    signers = []
+    for i in range(count):
+        distort, offset, feature_offset = _affine(spec, rng)
+        signers.append(Signer(f"{prefix}{i + 1:02d}", distort, offset, feature_offset,
+                              float(rng.uniform(*spec.sentence_speed))))
+    return tuple(signers)
 
 
 def make_world(spec: FeatureCorpusSpec) -> World:
-    """Glosses, their key poses, the bigram grammar and the feature readout of ``spec.seed``."""
+    """Glosses, their key poses, the bigram grammar, the feature readout and the signers of
+    ``spec.seed`` (the signers from streams of their own)."""
     rng = np.random.default_rng((spec.seed, 0))
     v, k, d = spec.num_glosses, spec.keys_per_gloss, spec.latent_dim
     # every family gets one gloss, the others are dealt at random
@@ -187,28 +260,56 @@ def make_world(spec: FeatureCorpusSpec) -> World:
     bigram /= bigram.sum(1, keepdims=True)
     readout = rng.normal(size=(spec.dim, d)) / np.sqrt(d)
     bias = rng.normal(0, 0.5, spec.dim)
-    return World(tuple(names), keys, family, mirror_of, bigram, readout, bias)
+    signers = make_signers(spec, spec.num_signers, "S", np.random.default_rng((spec.seed, 3)))
+    shifted = make_signers(spec, spec.shifted_signers, "N", np.random.default_rng((spec.seed, 4)))
+    return World(tuple(names), keys, family, mirror_of, bigram, readout, bias, signers, shifted)
 
 
 # ---------------------------------------------------------------- sentences (gloss sequences)
 
 def _sentence(world: World, spec: FeatureCorpusSpec, rng: np.random.Generator,
-              allowed: np.ndarray | None = None) -> tuple[str, ...]:
-    """Gloss indices drawn from the bigram model with repeats; only ``allowed`` glosses if given."""
+              allowed: np.ndarray | None = None, lengths: tuple[int, int] | None = None,
+              offgrammar: float = 0.0) -> tuple[str, ...]:
+    """Glosses drawn from the bigram model with repeats; only ``allowed`` glosses if given, length
+    uniform in ``lengths`` (default min_glosses..max_glosses), and each next gloss with
+    probability ``offgrammar`` uniform among the allowed others instead of from the bigram."""
     v = len(world.glosses)
     mask = np.ones(v, bool) if allowed is None else allowed
     start = mask / mask.sum()
+    low, high = lengths or (spec.min_glosses, spec.max_glosses)
     out: list[int] = []
-    for _ in range(rng.integers(spec.min_glosses, spec.max_glosses + 1)):
+    for _ in range(rng.integers(low, high + 1)):
         repeated = len(out) >= 2 and out[-1] == out[-2]
         if out and not repeated and rng.random() < spec.repeat_prob:
             out.append(out[-1])
             continue
         p = start if not out else world.bigram[out[-1]] * mask
+        if out and offgrammar > 0 and rng.random() < offgrammar:
+            p = start * (np.arange(v) != out[-1])
         if p.sum() <= 0:  # nothing allowed follows: start afresh
             p = start * (np.arange(v) != out[-1])
         out.append(int(rng.choice(v, p=p / p.sum())))
     return tuple(world.glosses[g] for g in out)
+
+
+def _new_sentences(draw, count: int, used: set) -> list[tuple[str, ...]]:
+    """``count`` sentences from ``draw()`` not in ``used`` nor repeating each other (given up
+    after 200 draws for one sentence, for tiny vocabularies); they are added to ``used``."""
+    out = []
+    for _ in range(count):
+        for _ in range(200):
+            sentence = draw()
+            if sentence not in used:
+                break
+        used.add(sentence)
+        out.append(sentence)
+    return out
+
+
+def _trained(world: World, plan: list[tuple[str, str, tuple[str, ...]]]) -> np.ndarray:
+    """[num_glosses] bool: the glosses that train sentences of ``plan`` use."""
+    seen = {g for _, split, sentence in plan if split == "train" for g in sentence}
+    return np.array([g in seen for g in world.glosses])
 
 
 def plan_sentences(spec: FeatureCorpusSpec = FeatureCorpusSpec(),
@@ -221,19 +322,27 @@ def plan_sentences(spec: FeatureCorpusSpec = FeatureCorpusSpec(),
     world = world or make_world(spec)
     rng = np.random.default_rng((spec.seed, 1))
     train = [_sentence(world, spec, rng) for _ in range(spec.num_train)]
-    seen = {g for sentence in train for g in sentence}
-    allowed = np.array([g in seen for g in world.glosses])
-    used = set(train)
     plan = [(f"train-{i + 1:05d}", "train", s) for i, s in enumerate(train)]
+    allowed, used = _trained(world, plan), set(train)
     for split, count in (("dev", spec.num_dev), ("test", spec.num_test)):
-        for i in range(count):
-            for _ in range(200):
-                sentence = _sentence(world, spec, rng, allowed)
-                if sentence not in used:
-                    break
-            used.add(sentence)
-            plan.append((f"{split}-{i + 1:05d}", split, sentence))
+        held_out = _new_sentences(lambda: _sentence(world, spec, rng, allowed), count, used)
+        plan += [(f"{split}-{i + 1:05d}", split, s) for i, s in enumerate(held_out)]
     return plan
+
+
+def plan_shifted(spec: FeatureCorpusSpec = FeatureCorpusSpec(), world: World | None = None,
+                 plan: list[tuple[str, str, tuple[str, ...]]] | None = None,
+                 ) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(id, "test", glosses) of the shifted test split (see the module docstring), given the
+    ``plan`` of :func:`plan_sentences`: train glosses only, no sentence of ``plan`` or repeated."""
+    world = world or make_world(spec)
+    plan = plan if plan is not None else plan_sentences(spec, world)
+    rng = np.random.default_rng((spec.seed, 5))
+    allowed = _trained(world, plan)
+    shifted = _new_sentences(
+        lambda: _sentence(world, spec, rng, allowed, spec.shifted_lengths, spec.shifted_offgrammar),
+        spec.num_shifted, {sentence for _, _, sentence in plan})
+    return [(f"shifted-{i + 1:05d}", "test", s) for i, s in enumerate(shifted)]
 
 
 # ---------------------------------------------------------------- frames
@@ -262,11 +371,11 @@ def _transition(a: np.ndarray, b: np.ndarray, frames: int, via: np.ndarray | Non
 
 
 def sentence_poses(glosses: tuple[str, ...] | list[str], world: World, spec: FeatureCorpusSpec,
-                   rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[str, int, int]], float]:
-    """Canonical latent poses [T, latent_dim] of one sentence (before the signer's distortion),
-    the frames [start, end) of each gloss occurrence, and the sentence's duration factor."""
+                   rng: np.random.Generator,
+                   speed: float) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+    """Canonical latent poses [T, latent_dim] of one sentence signed at duration factor ``speed``
+    (before the signer's distortion) and the frames [start, end) of each gloss occurrence."""
     index = {name: i for i, name in enumerate(world.glosses)}
-    speed = rng.uniform(*spec.sentence_speed)
     rest = np.zeros(spec.latent_dim)
     v = len(world.glosses)
 
@@ -303,26 +412,28 @@ def sentence_poses(glosses: tuple[str, ...] | list[str], world: World, spec: Fea
         previous, last_key = g, keys[-1]
     parts.append(_transition(last_key, rest, frames(spec.transition_frames, speed), None))
     parts.append(rest + rng.normal(0, 0.05, (frames(spec.rest_frames), spec.latent_dim)))
-    return np.concatenate(parts), segments, float(speed)
+    return np.concatenate(parts), segments
 
 
-def render_features(poses: np.ndarray, world: World, spec: FeatureCorpusSpec,
+def render_features(poses: np.ndarray, world: World, spec: FeatureCorpusSpec, signer: Signer,
                     rng: np.random.Generator) -> np.ndarray:
-    """Features [T, dim] float32 of one sentence's poses: signer distortion, readout, noise."""
-    d = spec.latent_dim
-    distort = np.eye(d) + spec.distortion * rng.normal(size=(d, d)) / np.sqrt(d)
-    poses = poses @ distort.T + rng.normal(0, spec.offset, d)
+    """Features [T, dim] float32 of one sentence's poses [T, latent_dim]: the signer's map, the
+    sentence's own variation of it, readout, feature offsets, noise."""
+    distort, offset, feature_offset = _affine(spec, rng, spec.sentence_variation)
+    poses = (poses @ signer.distort.T + signer.offset) @ distort.T + offset
     features = np.maximum(poses @ world.readout.T + world.bias, 0.0)
-    features += rng.normal(0, spec.feature_offset, spec.dim)
+    features += signer.feature_offset + feature_offset
     features += rng.normal(0, spec.noise, features.shape)
     return features.astype(np.float32)
 
 
 def generate_sentence(glosses: tuple[str, ...] | list[str], world: World, spec: FeatureCorpusSpec,
-                      rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[str, int, int]], float]:
-    """Features [T, dim] float32, gloss segments [(gloss, start, end)] and speed of one sentence."""
-    poses, segments, speed = sentence_poses(glosses, world, spec, rng)
-    return render_features(poses, world, spec, rng), segments, speed
+                      rng: np.random.Generator, signer: Signer,
+                      ) -> tuple[np.ndarray, list[tuple[str, int, int]], float]:
+    """Features [T, dim] float32, gloss segments [(gloss, start, end)] and speed of one sentence
+    signed by ``signer``."""
+    poses, segments = sentence_poses(glosses, world, spec, rng, signer.speed)
+    return render_features(poses, world, spec, signer, rng), segments, signer.speed
 
 
 # ---------------------------------------------------------------- corpus
@@ -331,22 +442,53 @@ def provenance(spec: FeatureCorpusSpec) -> Provenance:
     return Provenance(stage=STREAM, backend=f"{GENERATOR} v{GENERATOR_VERSION}", config=asdict(spec))
 
 
+def shifted_manifest(out_dir: str | Path) -> Path:
+    """The manifest of ``out_dir`` whose test split is the shifted one."""
+    return Path(out_dir) / SHIFTED_MANIFEST
+
+
 def corpus_matches(out_dir: str | Path, spec: FeatureCorpusSpec = FeatureCorpusSpec()) -> bool:
     """True when ``out_dir`` holds a complete corpus that ``spec`` would generate (reuse it)."""
     out_dir = Path(out_dir)
-    if not ((out_dir / "manifest.jsonl").is_file() and (out_dir / "manifest.vocab.json").is_file()):
+    manifests = (out_dir / "manifest.jsonl", shifted_manifest(out_dir))
+    if not all(m.is_file() and m.with_suffix(".vocab.json").is_file() for m in manifests):
         return False
     try:
         cache = Cache(out_dir / "cache")
         found = cache.provenance(STREAM)
     except (FileNotFoundError, KeyError):
         return False
-    total = spec.num_train + spec.num_dev + spec.num_test
+    total = spec.num_train + spec.num_dev + spec.num_test + spec.num_shifted
     return not provenance(spec).differences(found) and len(cache.ids(STREAM)) == total
 
 
+def _write_sentences(stage_dir: Path, first_shard: int,
+                     plan: list[tuple[str, str, tuple[str, ...]]], signers: tuple[Signer, ...],
+                     stream: int, world: World, spec: FeatureCorpusSpec) -> list[ManifestRow]:
+    """Shards ``first_shard``, ... with the sentences of ``plan``, each from its own random stream
+    ``(seed, stream, number)`` that also picks its signer among ``signers``; their manifest rows."""
+    rows = []
+    record = provenance(spec)
+    for shard, start in enumerate(range(0, len(plan), SHARD_SIZE), first_shard):
+        chunk = plan[start:start + SHARD_SIZE]
+        with ShardWriter(stage_dir, shard, [video_id for video_id, _, _ in chunk], record) as writer:
+            for number, (video_id, split, glosses) in enumerate(chunk, start):
+                rng = np.random.default_rng((spec.seed, stream, number))
+                signer = signers[rng.integers(len(signers))]
+                features, segments, speed = generate_sentence(glosses, world, spec, rng, signer)
+                writer.write(video_id, {STREAM: features.astype(np.float16)},
+                             group_attrs={"segments": json.dumps(segments), "speed": speed,
+                                          "fps": spec.fps})
+                rows.append(ManifestRow(id=video_id, split=split, video=f"synthetic/{video_id}",
+                                        glosses=glosses, signer=signer.id, fps=spec.fps,
+                                        num_frames=len(features), dataset="synthetic-features"))
+            writer.commit()
+    return rows
+
+
 def make_feature_corpus(out_dir: str | Path, spec: FeatureCorpusSpec = FeatureCorpusSpec()) -> Path:
-    """Generate the corpus under ``out_dir`` (see the module docstring); returns the manifest path.
+    """Generate the corpus under ``out_dir`` (see the module docstring); returns the manifest path
+    (the shifted one is :func:`shifted_manifest`).
 
     The stage folder ``out_dir/cache/features.synthetic`` is replaced as a whole, so no shard of
     an earlier, larger corpus survives.
@@ -355,26 +497,19 @@ def make_feature_corpus(out_dir: str | Path, spec: FeatureCorpusSpec = FeatureCo
     out_dir.mkdir(parents=True, exist_ok=True)
     world = make_world(spec)
     plan = plan_sentences(spec, world)
+    shifted = plan_shifted(spec, world, plan)
     stage_dir = out_dir / "cache" / STREAM
     if stage_dir.exists():
         shutil.rmtree(stage_dir)
-    rows = []
-    record = provenance(spec)
-    for shard, start in enumerate(range(0, len(plan), SHARD_SIZE)):
-        chunk = plan[start:start + SHARD_SIZE]
-        with ShardWriter(stage_dir, shard, [video_id for video_id, _, _ in chunk], record) as writer:
-            for number, (video_id, split, glosses) in enumerate(chunk, start):
-                rng = np.random.default_rng((spec.seed, 2, number))  # each sentence its own stream
-                features, segments, speed = generate_sentence(glosses, world, spec, rng)
-                writer.write(video_id, {STREAM: features.astype(np.float16)},
-                             group_attrs={"segments": json.dumps(segments), "speed": speed,
-                                          "fps": spec.fps})
-                rows.append(ManifestRow(id=video_id, split=split, video=f"synthetic/{video_id}",
-                                        glosses=glosses, signer="synthetic", fps=spec.fps,
-                                        num_frames=len(features), dataset="synthetic-features"))
-            writer.commit()
+    rows = _write_sentences(stage_dir, 0, plan, world.signers, 2, world, spec)
+    shifted_rows = _write_sentences(stage_dir, -(-len(plan) // SHARD_SIZE), shifted,
+                                    world.shifted_signers, 6, world, spec)
     write_index(stage_dir)
+    vocabulary = build_vocabulary(rows)
     manifest = out_dir / "manifest.jsonl"
-    write_vocabulary(build_vocabulary(rows), manifest.with_suffix(".vocab.json"))
-    write_manifest(rows, manifest)
+    for path, manifest_rows in ((manifest, rows),
+                                (shifted_manifest(out_dir),
+                                 [row for row in rows if row.split != "test"] + shifted_rows)):
+        write_vocabulary(vocabulary, path.with_suffix(".vocab.json"))
+        write_manifest(manifest_rows, path)
     return manifest

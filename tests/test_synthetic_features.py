@@ -1,6 +1,7 @@
 """Tests for pipeline/synthetic_features.py: the feature-level synthetic CSLR corpus.
 
-One small corpus (40 + 8 + 8 sentences) is generated per module; everything takes a few seconds.
+One small corpus (40 + 8 + 8 sentences, 10 shifted) is generated per module; everything takes a
+few seconds.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import pytest
 
 from cslr_pipe.features.store import Cache
 from cslr_pipe.pipeline.manifest import BLANK, build_vocabulary, read_manifest, read_vocabulary
-from cslr_pipe.pipeline.synthetic_features import (STREAM, FeatureCorpusSpec, corpus_matches,
-                                                   generate_sentence, make_feature_corpus,
-                                                   make_world, plan_sentences)
+from cslr_pipe.pipeline.synthetic_features import (SHIFTED_MANIFEST, STREAM, FeatureCorpusSpec,
+                                                   corpus_matches, generate_sentence,
+                                                   make_feature_corpus, make_world,
+                                                   plan_sentences, plan_shifted, render_features,
+                                                   sentence_poses, shifted_manifest)
 from cslr_pipe.training.data import CachedSequenceDataset, collate_padded
 
-SPEC = FeatureCorpusSpec(num_train=40, num_dev=8, num_test=8, dim=16, seed=5)
+SPEC = FeatureCorpusSpec(num_train=40, num_dev=8, num_test=8, num_shifted=10, dim=16, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +30,12 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic-features")
     manifest = make_feature_corpus(root, SPEC)
     return root, manifest, read_manifest(manifest)
+
+
+@pytest.fixture(scope="module")
+def shifted_rows(corpus):
+    root, _, _ = corpus
+    return read_manifest(shifted_manifest(root))
 
 
 def segments_of(cache: Cache, video_id: str) -> list[tuple[str, int, int]]:
@@ -46,17 +55,22 @@ def test_same_seed_same_corpus_other_seed_another(corpus, tmp_path):
     assert other.read_text() != manifest.read_text()
 
 
-def test_readable_by_the_training_dataset(corpus):
-    root, manifest, rows = corpus
-    vocabulary = read_vocabulary(root / "manifest.vocab.json")
-    for split, count in (("train", SPEC.num_train), ("dev", SPEC.num_dev), ("test", SPEC.num_test)):
+@pytest.mark.parametrize("name", ["manifest.jsonl", SHIFTED_MANIFEST])
+def test_readable_by_the_training_dataset(corpus, name):
+    root, _, _ = corpus
+    manifest = root / name
+    rows = read_manifest(manifest)
+    vocabulary = read_vocabulary(manifest.with_suffix(".vocab.json"))
+    assert vocabulary == read_vocabulary(root / "manifest.vocab.json")  # one vocabulary for both
+    num_test = SPEC.num_shifted if name == SHIFTED_MANIFEST else SPEC.num_test
+    for split, count in (("train", SPEC.num_train), ("dev", SPEC.num_dev), ("test", num_test)):
         data = CachedSequenceDataset(root / "cache", manifest, vocabulary, [STREAM], split=split)
         assert len(data) == count
-        item = data[0]
-        row = next(r for r in rows if r.id == item["id"])
-        assert item["inputs"][STREAM].shape == (row.num_frames, SPEC.dim)
-        assert item["inputs"][STREAM].dtype.is_floating_point
-        assert [vocabulary[i] for i in item["labels"]] == list(row.glosses)
+        for item in (data[0], data[count - 1]):
+            row = next(r for r in rows if r.id == item["id"])
+            assert item["inputs"][STREAM].shape == (row.num_frames, SPEC.dim)
+            assert item["inputs"][STREAM].dtype.is_floating_point
+            assert [vocabulary[i] for i in item["labels"]] == list(row.glosses)
         batch = collate_padded([data[i] for i in range(4)])
         assert batch["inputs"][STREAM].shape[-1] == SPEC.dim
         data.close()
@@ -90,7 +104,8 @@ def test_signing_speed_varies(corpus):
     root, _, rows = corpus
     world = make_world(SPEC)
     glosses = ("A1", "B1", "C1")
-    lengths = {len(generate_sentence(glosses, world, SPEC, np.random.default_rng(i))[0])
+    lengths = {len(generate_sentence(glosses, world, SPEC, np.random.default_rng(i),
+                                     world.signers[i % SPEC.num_signers])[0])
                for i in range(12)}
     assert max(lengths) >= 1.3 * min(lengths)  # same glosses, different speeds
     durations = defaultdict(list)
@@ -143,19 +158,24 @@ def test_provenance_names_the_generator_and_the_spec(corpus, tmp_path):
         provenance = cache.provenance(STREAM)
         assert "synthetic_features" in provenance.backend
         assert provenance.config == json.loads(json.dumps(asdict(SPEC)))
-        assert cache.ids(STREAM) == sorted(cache.ids(STREAM)) and len(cache.ids(STREAM)) == 56
+        assert cache.ids(STREAM) == sorted(cache.ids(STREAM)) and len(cache.ids(STREAM)) == 66
     assert corpus_matches(root, SPEC)
     assert not corpus_matches(root, replace(SPEC, noise=0.1))
+    assert not corpus_matches(root, replace(SPEC, num_shifted=11))
+    assert not corpus_matches(tmp_path, SPEC)
+    make_feature_corpus(tmp_path, SPEC)
+    assert corpus_matches(tmp_path, SPEC)
+    shifted_manifest(tmp_path).unlink()
     assert not corpus_matches(tmp_path, SPEC)
 
 
 def test_regenerating_a_smaller_corpus_leaves_no_stale_sentences(tmp_path):
-    big = FeatureCorpusSpec(num_train=300, num_dev=2, num_test=2, dim=4, seed=1)
+    big = FeatureCorpusSpec(num_train=300, num_dev=2, num_test=2, num_shifted=260, dim=4, seed=1)
     make_feature_corpus(tmp_path, big)
-    small = replace(big, num_train=5)
+    small = replace(big, num_train=5, num_shifted=3)
     make_feature_corpus(tmp_path, small)
     with Cache(tmp_path / "cache") as cache:
-        assert len(cache.ids(STREAM)) == 9
+        assert len(cache.ids(STREAM)) == 12
     assert corpus_matches(tmp_path, small)
 
 
@@ -168,3 +188,109 @@ def test_plan_and_spec_checks():
         FeatureCorpusSpec(min_glosses=3, max_glosses=2)
     with pytest.raises(ValueError):
         FeatureCorpusSpec(gloss_speed=(1.2, 0.8))
+    with pytest.raises(ValueError):
+        FeatureCorpusSpec(max_glosses=6)  # shifted sentences (4..7) would outgrow train's
+    with pytest.raises(ValueError):
+        FeatureCorpusSpec(num_signers=0)
+    with pytest.raises(ValueError):
+        FeatureCorpusSpec(shifted_offgrammar=1.5)
+    shifted = plan_shifted(SPEC)
+    assert [video_id for video_id, _, _ in shifted] == [f"shifted-{i:05d}" for i in range(1, 11)]
+    assert {split for _, split, _ in shifted} == {"test"}
+
+
+# ---------------------------------------------------------------- signers
+
+def test_a_signer_keeps_its_look_and_each_sentence_varies_it_a_little():
+    spec = replace(SPEC, noise=0.0)
+    world = make_world(spec)
+    poses, _ = sentence_poses(("A1", "B1"), world, spec, np.random.default_rng(0), 1.0)
+
+    def features(signer, seed, variation=spec.sentence_variation):
+        return render_features(poses, world, replace(spec, sentence_variation=variation), signer,
+                               np.random.default_rng(seed))
+
+    first, second = world.signers[:2]
+    np.testing.assert_array_equal(features(first, 1, 0.0), features(first, 2, 0.0))
+    own = np.abs(features(first, 1) - features(first, 2)).mean()
+    other = np.abs(features(first, 1) - features(second, 2)).mean()
+    assert 0 < own < 0.5 * other  # a sentence's own variation is small beside a signer change
+
+
+def test_manifest_names_the_signers_and_each_signs_at_its_own_speed(corpus, shifted_rows):
+    root, _, rows = corpus
+    signers = {split: {row.signer for row in rows if row.split == split}
+               for split in ("train", "dev", "test")}
+    assert signers["train"] <= {f"S{i:02d}" for i in range(1, SPEC.num_signers + 1)}
+    assert len(signers["train"]) >= SPEC.num_signers - 1  # drawn per sentence, not one for all
+    assert signers["dev"] | signers["test"] <= signers["train"]
+    shifted = {row.signer for row in shifted_rows if row.id.startswith("shifted-")}
+    assert shifted <= {f"N{i:02d}" for i in range(1, SPEC.shifted_signers + 1)}
+    assert len(shifted) >= 2 and not shifted & signers["train"]
+    speeds = defaultdict(set)
+    with Cache(root / "cache") as cache:
+        for row in rows + shifted_rows:
+            speeds[row.signer].add(cache.attrs(row.id, STREAM)["speed"])
+    assert all(len(s) == 1 for s in speeds.values())
+    assert len({s.pop() for s in speeds.values()}) == len(speeds)
+
+
+# ---------------------------------------------------------------- the shifted test split
+
+def test_shifted_manifest_swaps_only_the_test_rows(corpus, shifted_rows):
+    root, _, rows = corpus
+    kept = [row for row in rows if row.split != "test"]
+    assert shifted_rows[:len(kept)] == kept
+    shifted = shifted_rows[len(kept):]
+    assert [row.id for row in shifted] == [f"shifted-{i + 1:05d}" for i in range(SPEC.num_shifted)]
+    assert {row.split for row in shifted} == {"test"}
+    assert (root / "manifest-shifted.vocab.json").read_text() == \
+        (root / "manifest.vocab.json").read_text()
+    with Cache(root / "cache") as cache:
+        assert {row.id for row in shifted} <= set(cache.ids(STREAM))
+
+
+def test_shifted_sentences_are_new_and_use_train_glosses(shifted_rows, corpus):
+    _, _, rows = corpus
+    shifted = [row.glosses for row in shifted_rows if row.id.startswith("shifted-")]
+    assert len(set(shifted)) == len(shifted)
+    assert not set(shifted) & {row.glosses for row in rows}
+    train_glosses = {g for row in rows if row.split == "train" for g in row.glosses}
+    assert all(set(s) <= train_glosses for s in shifted)
+    low, high = SPEC.shifted_lengths
+    assert all(low <= len(s) <= high for s in shifted)
+
+
+def test_the_shifted_split_leaves_the_other_rows_and_features_as_they_were(corpus, tmp_path):
+    root, manifest, rows = corpus
+    other = replace(SPEC, num_shifted=150, shifted_signers=2, shifted_offgrammar=0.9,
+                    shifted_lengths=(6, 7))
+    again = make_feature_corpus(tmp_path, other)
+    assert again.read_bytes() == manifest.read_bytes()
+    assert (tmp_path / "manifest.vocab.json").read_bytes() == \
+        (root / "manifest.vocab.json").read_bytes()
+    kept = [row for row in read_manifest(shifted_manifest(tmp_path)) if row.split != "test"]
+    assert kept == [row for row in rows if row.split != "test"]
+    with Cache(root / "cache") as first, Cache(tmp_path / "cache") as second:
+        for row in rows:
+            np.testing.assert_array_equal(first.read(row.id)[STREAM], second.read(row.id)[STREAM])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_shifted_sentences_are_off_grammar_and_longer(seed):
+    spec = FeatureCorpusSpec(seed=seed)
+    world = make_world(spec)
+    plan = plan_sentences(spec, world)
+    index = {g: i for i, g in enumerate(world.glosses)}
+
+    def rare_share_and_mean_length(sentences):
+        probabilities = [world.bigram[index[a], index[b]]
+                         for s in sentences for a, b in zip(s, s[1:]) if a != b]
+        return np.mean(np.array(probabilities) < 0.02), np.mean([len(s) for s in sentences])
+
+    test_share, test_length = rare_share_and_mean_length([s for _, split, s in plan
+                                                          if split == "test"])
+    shifted_share, shifted_length = rare_share_and_mean_length(
+        [s for _, _, s in plan_shifted(spec, world, plan)])
+    assert shifted_share > max(2 * test_share, test_share + 0.1)
+    assert shifted_length > test_length + 0.5
