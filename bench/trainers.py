@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader
 
 from cslr_pipe.pipeline.cli import parse_options
 from cslr_pipe.pipeline.manifest import read_vocabulary
-from cslr_pipe.pipeline.synthetic_features import (STREAM, FeatureCorpusSpec, corpus_matches,
+from cslr_pipe.pipeline.synthetic_features import (SHIFTED_MANIFEST, STREAM, FeatureCorpusSpec, corpus_matches,
                                                    make_feature_corpus)
 from cslr_pipe.training.data import CachedSequenceDataset, collate_padded
 from cslr_pipe.training.evaluation import decode_seeds, is_stochastic
@@ -69,11 +69,10 @@ from cslr_pipe.training.trainer import MODELS, Run, TrainConfig, load_model, tra
 SETTINGS: dict[str, dict] = {
     "ctc": {"epochs": 30, "batch_size": 16, "lr": 3e-3, "weight_decay": 1e-4,
             "model_options": {"hidden": 128, "lstm_layers": 2, "dropout": 0.1}},
-    # stage 1 15 epochs, stage 2 50 (about 1900 DiT steps); every other option is the model's default
-    "diffsign": {"epochs": 65, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
-                 "lr_schedule": "cosine",
-                 "model_options": {"hidden": 128, "heads": 4, "gloss_layers": 1, "decoder_layers": 2,
-                                   "dit_layers": 4, "gloss_tokens": 16, "dropout": 0.1, "stage1_fraction": 0.23}},
+    # the ctc settings; stage 1 is the ctc baseline itself (it keeps learning in stage 2), the DiT on top
+    "diffsign": {"epochs": 30, "batch_size": 16, "lr": 3e-3, "weight_decay": 1e-4,
+                 "model_options": {"hidden": 128, "lstm_layers": 2, "dropout": 0.1, "heads": 4, "gloss_layers": 1,
+                                   "decoder_layers": 2, "dit_layers": 4, "gloss_tokens": 16}},
     "acdr": {"epochs": 30, "batch_size": 16, "lr": 3e-3, "weight_decay": 1e-4,
              "model_options": {"hidden": 128, "lstm_layers": 2, "dropout": 0.1, "heads": 4}},
 }
@@ -95,11 +94,12 @@ def config_for(model: str, args, seed: int) -> TrainConfig:
                                  beam_width=args.beam_width, **settings)
 
 
-def score(checkpoint: Path, manifest: Path, cache: Path, split: str, device: str, beam_width: int,
-          samples: int, phase: str | None = None) -> list[float]:
-    """WER of a split decoded with a checkpoint: one per x_T seed for a model that samples (DiffSign
-    after stage 1), else one. ``phase`` sets the model's phase first ("stage1": DiffSign's decoder on V)."""
-    model, state = load_model(checkpoint, device)
+def decode(checkpoint: Path, manifest: Path, cache: Path, split: str, device: str, beam_width: int,
+           samples: int, phase: str | None = None, options: dict | None = None) -> tuple[dict, dict]:
+    """Hypotheses of a split decoded with a checkpoint ({x_T seed or None: {id: glosses}}: one run per
+    seed for a model that samples, DiffSign after stage 1) and the references. ``phase`` sets the
+    model's phase first ("stage1": DiffSign's stage-1 reading); ``options`` override model options."""
+    model, state = load_model(checkpoint, device, options)
     if phase:
         model.set_phase(phase)
     dataset = CachedSequenceDataset(cache, manifest, state["vocabulary"], state["config"]["streams"],
@@ -108,63 +108,114 @@ def score(checkpoint: Path, manifest: Path, cache: Path, split: str, device: str
     seeds = list(range(samples)) if is_stochastic(model) else [None]
     runs, refs = decode_seeds(model, loader, state["vocabulary"], device, beam_width, seeds)
     dataset.close()
+    return runs, refs
+
+
+def corpus_wer(hyps: dict, refs: dict) -> float:
     ids = sorted(refs)
-    return [wer([refs[i] for i in ids], [hyps[i] for i in ids]) for hyps in runs.values()]
+    return wer([refs[i] for i in ids], [hyps[i] for i in ids])
 
 
-def run_model(model: str, seed: int, args, manifest: Path, vocabulary: list[str], num_train: int) -> dict:
+def generation_effect(generated: dict, stage1: dict, refs: dict) -> dict:
+    """What generation changes against stage 1's reading: the share of sentences where G' decodes to
+    other glosses, and of those, how many it corrects (fewer errors than stage 1) and breaks (more)."""
+    errors = lambda hyp, ref: round(wer([ref], [hyp]) * len(ref))  # noqa: E731
+    differ = [i for i in refs if generated[i] != stage1[i]]
+    corrects = sum(errors(generated[i], refs[i]) < errors(stage1[i], refs[i]) for i in differ)
+    breaks = sum(errors(generated[i], refs[i]) > errors(stage1[i], refs[i]) for i in differ)
+    return {"sentences": len(refs), "differ": len(differ), "corrects": corrects, "breaks": breaks}
+
+
+TEST_SPLITS = {"test": "manifest.jsonl", "shifted": SHIFTED_MANIFEST}  # both score the split "test"
+
+
+def run_model(model: str, seed: int, args, corpus: Path, vocabulary: list[str], num_train: int) -> dict:
     config = config_for(model, args, seed)
-    out = args.out / f"{model}-seed{seed}"
+    out = corpus.parent / f"{model}-seed{seed}"
     if out.exists():
         shutil.rmtree(out)
     log = print if args.verbose else (lambda _: None)
+    cache = corpus / "cache"
     started = time.perf_counter()
-    summary = train(config, Run(manifest, vocabulary, args.out / "corpus" / "cache", out), log=log)
+    summary = train(config, Run(corpus / "manifest.jsonl", vocabulary, cache, out), log=log)
     seconds = time.perf_counter() - started
     checkpoint = Path(summary["checkpoint"])
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
-    cache = args.out / "corpus" / "cache"
-    dev, test = (score(checkpoint, manifest, cache, split, device, args.beam_width, args.samples)
-                 for split in ("dev", "test"))
-    extra = {}
-    if model == "diffsign":  # what stage 2 has to match: the same checkpoint's decoder on V
-        extra = {f"stage1_{split}_wer": score(checkpoint, manifest, cache, split, device, args.beam_width, 1,
-                                              "stage1")[0] for split in ("dev", "test")}
+    wers, extra = {}, {}
+    for name, manifest in {"dev": "manifest.jsonl", **TEST_SPLITS}.items():
+        split = "dev" if name == "dev" else "test"
+        runs, refs = decode(checkpoint, corpus / manifest, cache, split, device, args.beam_width, args.samples)
+        wers[name] = [corpus_wer(hyps, refs) for hyps in runs.values()]
+        if model != "diffsign" or name == "dev":
+            continue
+        stage1, _ = decode(checkpoint, corpus / manifest, cache, split, device, args.beam_width, 1, "stage1")
+        generated, _ = decode(checkpoint, corpus / manifest, cache, split, device, args.beam_width, args.samples,
+                              options={"rescore": False})
+        zeros, _ = decode(checkpoint, corpus / manifest, cache, split, device, args.beam_width, 1,
+                          options={"rescore": False, "dit_input": "zeros"})
+        extra[f"stage1_{name}_wer"] = corpus_wer(stage1[None], refs)
+        extra[f"generated_{name}_wer"] = float(np.mean([corpus_wer(hyps, refs) for hyps in generated.values()]))
+        extra[f"zero_x_t_{name}_wer"] = corpus_wer(zeros[0], refs)
+        extra[f"generation_{name}"] = generation_effect(generated[0], stage1[None], refs)
+        extra[f"rescored_{name}"] = generation_effect(runs[0], stage1[None], refs)
     history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     last_phase = [h for h in history if h.get("phase") == history[-1].get("phase")]  # best.pt's phase
     best_epoch = min(last_phase, key=lambda h: h["dev_wer"])["epoch"]
-    return {"model": model, "seed": seed, "status": "ok", "dev_wer": float(np.mean(dev)), "test_wer": float(np.mean(test)),
-            "dev_wer_per_x_T_seed": dev, "test_wer_per_x_T_seed": test, **extra,
+    return {"model": model, "corpus_seed": args.corpus_seed, "seed": seed, "status": "ok",
+            **{f"{name}_wer": float(np.mean(values)) for name, values in wers.items()},
+            **{f"{name}_wer_per_x_T_seed": values for name, values in wers.items()}, **extra,
             "train_seconds": round(seconds, 1),
             "sequences_per_second": round(num_train * summary["epochs"] / seconds, 1),
             "epochs": summary["epochs"], "best_epoch": best_epoch, "checkpoint": str(checkpoint),
             "config": asdict(config)}
 
 
+def percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
 def table(results: list[dict]) -> str:
-    """One row per run, then per model over its seeds: mean and spread (sample standard deviation)."""
-    lines = ["| model | seed | dev WER | test WER | train s | sequences/s | epochs | best epoch |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    """One row per run (DiffSign: its stage-1 reading, the zero-x_t ablation and what generation
+    changes below it), then per model and corpus over the training seeds: mean ± sample sd."""
+    lines = ["| model | corpus | seed | dev WER | test WER | shifted test WER | train s | epochs | best epoch |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if r["status"] != "ok":
-            lines.append(f"| {r['model']} | {r.get('seed', '')} | {r['status']}: {r['error']} | | | | | |")
+            lines.append(f"| {r['model']} | {r.get('corpus_seed', '')} | {r.get('seed', '')} | "
+                         f"{r['status']}: {r['error']} | | | | | |")
             continue
-        lines.append(f"| {r['model']} | {r['seed']} | {100 * r['dev_wer']:.1f}% | {100 * r['test_wer']:.1f}% | "
-                     f"{r['train_seconds']:.0f} | {r['sequences_per_second']:.0f} | {r['epochs']} | "
-                     f"{r['best_epoch']} |")
+        lines.append(f"| {r['model']} | {r['corpus_seed']} | {r['seed']} | {percent(r['dev_wer'])} | "
+                     f"{percent(r['test_wer'])} | {percent(r['shifted_wer'])} | {r['train_seconds']:.0f} | "
+                     f"{r['epochs']} | {r['best_epoch']} |")
         if len(r["test_wer_per_x_T_seed"]) > 1:
-            lines.append(f"| ... per x_T seed | | {', '.join(f'{100 * w:.1f}' for w in r['dev_wer_per_x_T_seed'])} | "
-                         f"{', '.join(f'{100 * w:.1f}' for w in r['test_wer_per_x_T_seed'])} | | | | |")
+            per_seed = {k: ", ".join(f"{100 * w:.1f}" for w in r[f"{k}_wer_per_x_T_seed"])
+                        for k in ("dev", "test", "shifted")}
+            lines.append(f"| ... per x_T seed | | | {per_seed['dev']} | {per_seed['test']} | {per_seed['shifted']} | | | |")
         if "stage1_test_wer" in r:
-            lines.append(f"| ... its stage-1 decoder on V | | {100 * r['stage1_dev_wer']:.1f}% | "
-                         f"{100 * r['stage1_test_wer']:.1f}% | | | | |")
-    for model in dict.fromkeys(r["model"] for r in results):
-        done = [r for r in results if r["model"] == model and r["status"] == "ok"]
+            rows = {"its stage-1 reading (CTC head on V)": "stage1",
+                    "G' alone (rescore=false), mean of the x_T seeds": "generated",
+                    "G' alone, the DiT's input x_t replaced by zeros (x_T seed 0)": "zero_x_t"}
+            for label, key in rows.items():
+                lines.append(f"| ... {label} | | | | {percent(r[f'{key}_test_wer'])} | "
+                             f"{percent(r[f'{key}_shifted_wer'])} | | | |")
+            for label, key in (("G' alone", "generation"), ("the rescored output", "rescored")):
+                cells = " | ".join(f"{e['differ']}/{e['sentences']} / {e['corrects']} / {e['breaks']}"
+                                   for e in (r[f"{key}_test"], r[f"{key}_shifted"]))
+                lines.append(f"| ... {label}: differs from stage 1 / corrects / breaks (x_T seed 0) | | | | {cells} | | | |")
+    groups = dict.fromkeys((r["model"], r.get("corpus_seed")) for r in results)
+    for model, corpus_seed in groups:
+        done = [r for r in results if (r["model"], r.get("corpus_seed")) == (model, corpus_seed) and r["status"] == "ok"]
         if len(done) > 1:
-            dev, test = (100 * np.array([r[k] for r in done]) for k in ("dev_wer", "test_wer"))
-            lines.append(f"| {model} | mean of {len(done)} | {dev.mean():.1f} ± {dev.std(ddof=1):.1f}% | "
-                         f"{test.mean():.1f} ± {test.std(ddof=1):.1f}% | | | | |")
+            cells = []
+            for key in ("dev_wer", "test_wer", "shifted_wer"):
+                values = 100 * np.array([r[key] for r in done])
+                cells.append(f"{values.mean():.1f} ± {values.std(ddof=1):.1f}%")
+            lines.append(f"| {model} | {corpus_seed} | mean of {len(done)} | {' | '.join(cells)} | | | |")
+            if "stage1_test_wer" in done[0]:
+                for label, key in (("its stage-1 reading", "stage1"), ("G' alone", "generated")):
+                    cells = [f"{100 * np.mean([r[f'{key}_{k}_wer'] for r in done]):.1f}%" for k in ("test", "shifted")]
+                    lines.append(f"| ... {label} | {corpus_seed} | mean of {len(done)} | | {' | '.join(cells)} | | | |")
     return "\n".join(lines)
 
 
@@ -203,10 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         make_feature_corpus(corpus, spec)
         print(f"corpus: generated {corpus} in {time.perf_counter() - started:.1f} s")
-    manifest = corpus / "manifest.jsonl"
     vocabulary = read_vocabulary(corpus / "manifest.vocab.json")
-    print(f"{spec.num_train} train / {spec.num_dev} dev / {spec.num_test} test sentences, "
-          f"{len(vocabulary) - 1} glosses, [T, {spec.dim}] features")
+    print(f"{spec.num_train} train / {spec.num_dev} dev / {spec.num_test} test / {spec.num_shifted} shifted test "
+          f"sentences, {len(vocabulary) - 1} glosses, [T, {spec.dim}] features")
 
     registered = known_models()
     results = []
@@ -215,18 +265,20 @@ def main(argv: list[str] | None = None) -> int:
         if model not in registered:
             message = f"not registered with the trainer (known: {', '.join(sorted(registered))})"
             print(f"{model}: skipped, {message}", flush=True)
-            results.append({"model": model, "seed": seed, "status": "skipped", "error": message})
+            results.append({"model": model, "corpus_seed": args.corpus_seed, "seed": seed, "status": "skipped",
+                            "error": message})
             continue
         print(f"{model} seed {seed}: training ...", flush=True)
         try:
-            result = run_model(model, seed, args, manifest, vocabulary, spec.num_train)
+            result = run_model(model, seed, args, corpus, vocabulary, spec.num_train)
         except Exception as error:  # one model failing must not stop the others
             traceback.print_exc()
-            results.append({"model": model, "seed": seed, "status": "failed",
+            results.append({"model": model, "corpus_seed": args.corpus_seed, "seed": seed, "status": "failed",
                             "error": f"{type(error).__name__}: {error}"})
             continue
         print(f"{model} seed {seed}: dev WER {100 * result['dev_wer']:.1f}%, test WER "
-              f"{100 * result['test_wer']:.1f}%, {result['train_seconds']:.0f} s", flush=True)
+              f"{100 * result['test_wer']:.1f}%, shifted test WER {100 * result['shifted_wer']:.1f}%, "
+              f"{result['train_seconds']:.0f} s", flush=True)
         results.append(result)
 
     print()

@@ -613,6 +613,9 @@ def load_vocabulary_for(manifest: Path, vocab: Path | None, rows) -> list[str]:
               help="How the fusion model joins its streams (= --model-option fusion=...) [default: mlp].")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
               help="Model option, repeatable (e.g. hidden=256).")
+@click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Start from a trained checkpoint (diffsign: a `train ctc` run's best.pt, whose visual encoder "
+                   "and CTC head it keeps frozen); same vocabulary and streams.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--stop-after", type=click.IntRange(min=1), default=None,
               help="Stop after this many epochs of this job (wall-time limits); resume with --resume.")
@@ -621,8 +624,8 @@ def load_vocabulary_for(manifest: Path, vocab: Path | None, rows) -> list[str]:
 def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, vocab: Path | None,
           epochs: int | None, batch_size: int | None, lr: float | None, seed: int, beam_width: int,
           num_workers: int, rescale: tuple[float, float] | None, feature_dropout: float | None,
-          fusion: str | None, model_options: tuple[str, ...], resume: bool, stop_after: int | None,
-          device: str) -> None:
+          fusion: str | None, model_options: tuple[str, ...], init_from: Path | None, resume: bool,
+          stop_after: int | None, device: str) -> None:
     """Train MODEL (ctc, diffsign, acdr, fusion, twostream) on cached streams; keeps the best dev
     checkpoint, writes curves."""
     from cslr_pipe.training import distributed
@@ -641,7 +644,7 @@ def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, 
                                    epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                                    beam_width=beam_width, num_workers=num_workers,
                                    rescale=list(rescale) if rescale else None, feature_dropout=feature_dropout,
-                                   model_options=options or None)
+                                   init_from=str(init_from) if init_from else None, model_options=options or None)
     run = Run(manifest=manifest, vocabulary=load_vocabulary_for(manifest, vocab, rows), cache=cache_dir, out=out)
     try:
         summary = run_training(config, run, resume=resume, log=click.echo, stop_after=stop_after)

@@ -69,16 +69,39 @@ def test_gloss_layout_separates_repeats_and_rejects_long_labels():
 def test_phases_freeze_what_the_paper_freezes():
     model = make_model(stage1_fraction=0.4)
     assert model.phases(100) == [("stage1", 40), ("stage2", 60)]
+    assert model.phases(2) == [("stage1", 1), ("stage2", 1)] and model.phases(1) == [("stage1", 1), ("stage2", 0)]
+    assert make_model(stage1_fraction=0.0).phases(10)[0] == ("stage1", 1)  # stage 2 needs a trained stage 1
     model.set_phase("stage1")
-    assert all(p.requires_grad for p in model.visual.parameters())
+    assert all(p.requires_grad for m in (model.visual, model.gloss, model.decoder) for p in m.parameters())
     assert not any(p.requires_grad for p in model.dit.parameters())
     model.set_phase("stage2")
     model.train()
-    assert not any(p.requires_grad for m in (model.visual, model.gloss, model.decoder) for p in m.parameters())
-    assert all(p.requires_grad for p in model.dit.parameters())
-    assert model.dit.training and not model.visual.training and not model.decoder.training
+    assert not any(p.requires_grad for m in (model.gloss, model.decoder) for p in m.parameters())
+    assert all(p.requires_grad for m in (model.dit, model.visual) for p in m.parameters())  # stage2_visual=train
+    assert model.dit.training and model.visual.training and not model.decoder.training
+    paper = make_model(stage2_visual="frozen")
+    paper.set_phase("stage2")
+    paper.train()
+    assert not any(p.requires_grad for p in paper.visual.parameters()) and not paper.visual.training
+    assert "ctc_visual" not in paper(make_batch(2)) and "ctc_visual" in model(make_batch(2))
     with pytest.raises(ValueError, match="unknown phase"):
         model.set_phase("stage3")
+
+
+def test_stage1_reads_as_the_ctc_baseline_learns():
+    """Stage 1's reading is the ctc baseline's: from the same weights and the same steps it gives the same
+    log-probs (the gloss encoder and decoder never reach the visual encoder), and decodes the batch."""
+    batch = make_batch(seed=3)
+    diffsign = make_model(hidden=64, lstm_layers=2)
+    ctc = build_model(TrainConfig.for_model("ctc", streams=["f"], model_options={"hidden": 64, "dropout": 0.0}),
+                      {"f": DIM}, NUM_CLASSES)
+    ctc.net.load_state_dict(diffsign.visual.state_dict())
+    fit(ctc, batch, None, 120, 3e-3)
+    fit(diffsign, batch, "stage1", 120, 3e-3)
+    with torch.no_grad():
+        ours, theirs = diffsign.recognize(batch)[0], ctc.recognize(batch)[0]
+    assert greedy_decode(theirs, ctc.recognize(batch)[1]) == references(batch)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
 
 def test_gloss_contrastive_loss_matches_its_formula():
@@ -145,8 +168,9 @@ def test_sampling_with_an_oracle_denoiser_recovers_the_labels(prediction):
 
 
 def fit(model, batch, phase, steps, lr):
-    """Adam with a cosine schedule on one batch."""
-    model.set_phase(phase)
+    """Adam with a cosine schedule on one batch (``phase`` None: a model without phases)."""
+    if phase:
+        model.set_phase(phase)
     model.train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
@@ -164,7 +188,7 @@ def memorised():
     """A model whose two stages memorised a tiny batch, and the batch."""
     torch.set_num_threads(1)
     model, batch = make_model(hidden=64), make_batch(seed=5)  # labels with repeats: 3 4 4, 3 2 2
-    fit(model, batch, "stage1", 150, 3e-3)
+    fit(model, batch, "stage1", 500, 3e-3)  # the decoder must read G: the rarest gloss takes longest
     with torch.no_grad():
         assert greedy_decode(*model.recognize(batch)) == references(batch)  # the visual path
     frozen = [p.clone() for p in model.decoder.parameters()]
@@ -184,6 +208,25 @@ def test_generated_glosses_decode_to_the_labels(memorised, steps):
     assert lengths.tolist() == [SMALL["gloss_tokens"]] * 4
     assert greedy_decode(log_probs, lengths) == references(batch)
     assert references(batch)[1] == [3, 4, 4]
+
+
+@pytest.mark.parametrize("steps", [4, 0])
+def test_a_videos_hypothesis_does_not_depend_on_its_batch(memorised, steps):
+    """DDIM (4 steps) and DDPM (0: 1000 ancestral steps, fresh noise at each): a video decoded alone gives
+    the log-probs it gets inside a shuffled batch, since x_T and the step noise come from its own stream."""
+    model, batch = memorised
+    order = [2, 0, 3, 1]
+    shuffled = {"ids": [batch["ids"][i] for i in order], "inputs": {"f": batch["inputs"]["f"][order]},
+                "lengths": batch["lengths"][order], "stream_lengths": {"f": batch["stream_lengths"]["f"][order]}}
+    with torch.no_grad():
+        together = model.recognize(shuffled, sampling_steps=steps)[0]
+        for position, i in enumerate(order):
+            n = int(batch["lengths"][i])
+            alone = {"ids": [batch["ids"][i]], "inputs": {"f": batch["inputs"]["f"][i:i + 1, :n]},
+                     "lengths": batch["lengths"][i:i + 1], "stream_lengths": {"f": batch["stream_lengths"]["f"][i:i + 1]}}
+            own = model.recognize(alone, sampling_steps=steps)[0]
+            assert greedy_decode(own, torch.tensor([own.shape[1]]))[0] == references(batch)[i]
+            torch.testing.assert_close(own[0], together[position], atol=2e-4, rtol=0)
 
 
 def test_sampling_is_seeded_per_video(memorised):
@@ -238,9 +281,11 @@ def test_trainer_runs_both_stages_and_reloads(feature_corpus, tmp_path):
     run = Run(feature_corpus / "manifest.jsonl", vocabulary, feature_corpus / "cache", tmp_path / "run")
     config = TrainConfig.for_model("diffsign", streams=["features.rgb"], epochs=2, batch_size=8, lr=1e-3,
                                    model_options={**SMALL, "stage1_fraction": 0.5})
-    assert config.optimizer == "adam" and config.lr_schedule == "step"  # the paper's defaults stay
+    ctc = TrainConfig.for_model("ctc", streams=["features.rgb"])
+    assert (config.optimizer, config.lr_schedule) == (ctc.optimizer, ctc.lr_schedule)  # compared at equal settings
     logged = []
     train(config, run, log=logged.append)
+    assert "2 epochs: stage1 1, stage2 1" in logged
     assert "phase stage1: epochs 0-0" in logged and "phase stage2: epochs 1-1" in logged
     history = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [h["phase"] for h in history] == ["stage1", "stage2"]
@@ -257,21 +302,123 @@ def test_trainer_runs_both_stages_and_reloads(feature_corpus, tmp_path):
 
 
 def test_ordinal_keys_place_frames_at_their_gloss_slot():
+    """Slots come from stage 1's reading (the CTC head over V): frame j sits at 2 (glosses emitted - 1)."""
     model = make_model(ordinal_keys=True)
     model.eval()
     frames = [1, 1, 0, 2, 2, 2, 0, 0]  # argmax labels of 8 frames: gloss, gloss, blank, gloss x3, blank
     log_probs = torch.full((1, 8, NUM_CLASSES), -30.0)
     log_probs[0, torch.arange(8), torch.tensor(frames)] = 0.0
+    model.read_visual = lambda v: log_probs
     model.decoder.forward = lambda v, pad=None, return_hidden=False: (log_probs, 2 * v)  # hidden: 2 V
     v, pad = torch.zeros(1, 8, SMALL["hidden"]), torch.zeros(1, 8, dtype=torch.bool)
     slots = torch.tensor([[0.0, 0, 0, 2, 2, 2, 2, 2]])  # 2 (ordinal - 1): the layout's g1 and g2 slots
     expected = sinusoidal(slots, SMALL["hidden"])
+    v = torch.randn(1, 8, SMALL["hidden"])
+    normalised = (v - v.mean(-1, keepdim=True)) / v.var(-1, unbiased=False, keepdim=True).add(1e-5).sqrt()
     memory, prior = model.condition(v, pad)
-    torch.testing.assert_close(memory, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(memory, expected + normalised, atol=1e-4, rtol=0)  # the default memory: V
     s, j = 2, 1  # slot 2 against frame 1 (slot 0): -(2 - 0)^2 / 2
     assert float(prior[0, s, j]) == pytest.approx(-2.0) and float(prior[0, s, 3]) == 0.0
-    paper = make_model(ordinal_keys=False, alignment_prior=0, memory="visual")
+    paper = make_model(ordinal_keys=False, alignment_prior=0)
     memory, prior = paper.condition(v, pad)
-    assert memory is v and prior is None  # the paper's DiT sees V alone
-    model.config.ordinal_keys = False  # the default memory: the decoder's hidden states over V
+    torch.testing.assert_close(memory, normalised, atol=1e-5, rtol=0)  # the paper's DiT sees V alone
+    assert prior is None
+    model.config.ordinal_keys, model.config.memory = False, "decoder"  # the decoder's hidden states over V
     torch.testing.assert_close(model.condition(v + 1, pad)[0], 2 * (v + 1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dit_input", ["x_t", "zeros"])
+def test_the_dit_reads_x_t_where_the_video_cannot_tell(dit_input):
+    """Two videos with the same features and other labels: any estimate of G from V alone is the same for
+    both, so its error is at least that of their mean. At low noise (t = 100) the DiT must beat that bound
+    by reading x_t; a DiT that never sees x_t (``dit_input="zeros"``) cannot, and the test says so."""
+    batch = make_batch(n=2, seed=2)
+    batch["inputs"]["f"][1] = batch["inputs"]["f"][0]
+    batch["lengths"][1] = batch["stream_lengths"]["f"][1] = batch["lengths"][0]
+    assert references(batch)[0] != references(batch)[1]
+    model = make_model(use_rsm=False, use_gfe=False, train_sampling_steps=1, self_condition=False,
+                       ddm_timesteps="uniform", dit_input=dit_input)
+    fit(model, batch, "stage1", 60, 3e-3)
+    torch.manual_seed(0)
+    fit(model, batch, "stage2", 800, 3e-3)
+    t = torch.full((2,), 100)
+    with torch.no_grad():
+        v, pad = model.encode_video(batch)
+        memory, prior = model.condition(v, pad)
+        g = model.gloss(batch["labels"], batch["label_lengths"], batch["ids"])
+        x_t = model.diffusion.q_sample(g, t, torch.randn(g.shape, generator=torch.Generator().manual_seed(0)))
+        estimate = model.x0_estimate(model.denoise(x_t, t, memory, pad, None, prior)[0], x_t, t)
+    error = float((estimate - g).pow(2).mean())
+    blind = float(((g[0] - g[1]) / 2).pow(2).mean())  # the least error of one estimate for both
+    assert blind > 0.1
+    assert (error < 0.85 * blind) == (dit_input == "x_t"), (error, blind)  # 0.68 measured; blind: >= 1
+
+
+def test_init_from_a_ctc_run_keeps_its_reading_and_refuses_another_vocabulary(feature_corpus, tmp_path):
+    """--init-from runs/ctc/best.pt: stage 1 starts from (and keeps) the baseline's visual encoder and CTC head,
+    so DiffSign's stage-1 reading is the baseline's; a checkpoint of another vocabulary is one line, exit 2."""
+    from click.testing import CliRunner
+
+    from cslr_pipe.pipeline.cli import main
+
+    manifest, cache = feature_corpus / "manifest.jsonl", feature_corpus / "cache"
+    vocabulary = json.loads((feature_corpus / "manifest.vocab.json").read_text())
+    sizes = {"hidden": 32, "lstm_layers": 2, "dropout": 0.0}
+    ctc = TrainConfig.for_model("ctc", streams=["features.rgb"], epochs=3, batch_size=8, model_options=sizes)
+    train(ctc, Run(manifest, vocabulary, cache, tmp_path / "ctc"), log=lambda _: None)
+    config = TrainConfig.for_model("diffsign", streams=["features.rgb"], epochs=2, batch_size=8,
+                                   init_from=str(tmp_path / "ctc" / "best.pt"), model_options={**SMALL, **sizes})
+    logged = []
+    train(config, Run(manifest, vocabulary, cache, tmp_path / "diffsign"), log=logged.append)
+    assert f"initialised from {tmp_path / 'ctc' / 'best.pt'}" in logged
+    baseline, _ = load_model(tmp_path / "ctc" / "best.pt")
+    model, _ = load_model(tmp_path / "diffsign" / "best.pt")
+    line = evaluate_checkpoint(tmp_path / "ctc" / "best.pt", manifest, cache, "dev", device="cpu").lines[0]
+    assert float(line.split("WER ")[1].split("%")[0]) < 50  # the baseline reads something
+    assert bool(model.generating) and bool(model.visual_pretrained)
+    for name, tensor in baseline.net.state_dict().items():  # untouched by both stages
+        torch.testing.assert_close(model.visual.state_dict()[name], tensor, rtol=0, atol=0)
+
+    other = tmp_path / "other.vocab.json"
+    other.write_text(json.dumps(vocabulary + ["ZZZ"]))  # a gloss the ctc run never had
+    result = CliRunner().invoke(main, ["train", "diffsign", "--manifest", manifest, "--cache", cache, "--streams",
+                                       "features.rgb", "--out", tmp_path / "refused", "--vocab", other, "--init-from",
+                                       tmp_path / "ctc" / "best.pt", "--epochs", "2"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    line, = result.output.strip().splitlines()
+    assert line.startswith("Error: ") and "another vocabulary" in line and "ZZZ" in line, line
+
+
+def brute_force_ctc_log_likelihood(log_probs: torch.Tensor, target: list[int]) -> float:
+    """log p(target | [T, C] log-probs) by summing every frame-label path that collapses to it (blank 0)."""
+    import itertools
+
+    total = 0.0
+    for path in itertools.product(range(log_probs.shape[1]), repeat=log_probs.shape[0]):
+        collapsed = [c for i, c in enumerate(path) if c != 0 and (i == 0 or c != path[i - 1])]
+        if collapsed == target:
+            total += float(log_probs[torch.arange(len(path)), torch.tensor(path)].sum().exp())
+    return float(np.log(total)) if total > 0 else -np.inf
+
+
+def test_choose_reading_keeps_the_hypothesis_both_heads_find_likelier():
+    """Against CTC likelihoods summed over every path by brute force: per video, the greedy hypothesis of
+    stage 1 or of G' with the higher log p(h | stage 1) + log p(h | G') is kept, with its own log-probs."""
+    from cslr_pipe.training.models.diffsign import choose_reading
+
+    torch.manual_seed(0)
+    stage1 = (3 * torch.randn(12, 5, 4)).log_softmax(-1)  # 12 videos, 5 frames, blank + 3 glosses
+    generated = (3 * torch.randn(12, 4, 4)).log_softmax(-1)
+    lengths1, lengths2 = torch.tensor([5, 4] * 6), torch.full((12,), 4)
+    chosen, lengths = choose_reading(stage1, lengths1, generated, lengths2)
+    outcomes = set()
+    for b in range(12):
+        candidates = [greedy_decode(stage1[b, :lengths1[b]]), greedy_decode(generated[b])]
+        scores = [brute_force_ctc_log_likelihood(stage1[b, :lengths1[b]], h)
+                  + brute_force_ctc_log_likelihood(generated[b], h) for h in candidates]
+        keep = 0 if scores[0] > scores[1] else 1
+        outcomes.add(keep if candidates[0] != candidates[1] else "same")
+        own = (stage1[b, :lengths1[b]], generated[b])[keep]
+        assert int(lengths[b]) == len(own)
+        torch.testing.assert_close(chosen[b, :len(own)], own)
+    assert {0, 1} <= outcomes  # both readings win somewhere

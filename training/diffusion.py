@@ -165,10 +165,16 @@ class GaussianDiffusion(nn.Module):
         return out if len(out) > 1 else out[0]
 
     @staticmethod
-    def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Standard normal noise shaped like ``like``, drawn on the generator's device (as diffusers' randn_tensor)."""
+    def _randn(like: torch.Tensor, generator: torch.Generator | list | None) -> torch.Tensor:
+        """Standard normal noise shaped like ``like``, drawn on the generator's device (as diffusers' randn_tensor);
+        ``generator`` may be a list, one per item of the batch (each item's noise from its own stream)."""
         if generator is None:
             return torch.randn(like.shape, device=like.device, dtype=like.dtype)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != like.shape[0]:
+                raise ValueError(f"{len(generator)} generators for a batch of {like.shape[0]}")
+            return torch.stack([torch.randn(like.shape[1:], generator=g, device=g.device, dtype=like.dtype)
+                                for g in generator]).to(like.device)
         return torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
 
     # ------------------------------------------------------------------ forward process

@@ -65,6 +65,7 @@ class TrainConfig:
     rescale: list[float] = field(default_factory=lambda: [1.0, 1.0])  # temporal rescaling range; [1, 1] = off
     feature_dropout: float = 0.0  # probability of zeroing a feature channel of a training item
     bucket_multiplier: int = 50  # length buckets: sort pools of this many batches by length; 1 = random batches
+    init_from: str = ""  # a checkpoint whose weights the model starts from (DiffSign: a trained ctc run)
     model_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -287,8 +288,8 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
     if main:
         run.out.mkdir(parents=True, exist_ok=True)
     streams = resolve_streams(config.streams, Cache(run.cache).stages())
-    log("streams: " + ", ".join(name if name == stage else f"{name} -> {stage}"
-                                 for name, stage in zip(config.streams, streams)))
+    streams_line = "streams: " + ", ".join(name if name == stage else f"{name} -> {stage}"
+                                           for name, stage in zip(config.streams, streams))
     config = replace(config, streams=streams)
     seed_everything(config.seed)
     train_loader = make_loader(run, config, "train", True, rank, world_size)
@@ -298,13 +299,21 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
                          f"selects its best checkpoint by dev WER")
     dims = input_dims(train_loader.dataset, config.streams)
     model = build_model(config, dims, len(run.vocabulary)).to(device)
+    last = run.out / "last.pt"
+    initialising = config.init_from and not (resume and last.is_file())  # a resumed run has the weights
+    if initialising:
+        initialise_from(model, config, run.vocabulary, dims, device)
+    log(streams_line)
+    if initialising:
+        log(f"initialised from {config.init_from}")
     torch.manual_seed(config.seed + rank)  # same initial weights everywhere, different noise per rank
     phases = training_phases(model, config.epochs)
+    if len(phases) > 1:
+        log(f"{config.epochs} epochs: " + ", ".join(f"{name} {n}" for name, n in phases))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.startswith("cuda"))
     history, first_epoch, best, phase, saved = [], 0, float("inf"), None, None
 
     identity = run_identity(config, run.vocabulary, dims, world_size, train_loader.dataset, dev_loader.dataset)
-    last = run.out / "last.pt"
     if resume and last.is_file():
         saved = load_checkpoint(last, device)
         check_same_run(saved.get("identity", {}), identity, last)
@@ -377,6 +386,26 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
         best = min(best, details.wer)
         distributed.barrier()
     return {"best_dev_wer": best, "epochs": len(history), "checkpoint": str(run.out / "best.pt")}
+
+
+def initialise_from(model: torch.nn.Module, config: TrainConfig, vocabulary: list[str], dims: dict[str, int],
+                    device: str) -> None:
+    """Start ``model`` from the checkpoint ``config.init_from``, which must have been trained on the same
+    vocabulary and streams of the same sizes; raises ValueError (one line) naming what differs."""
+    source = config.init_from
+    if not hasattr(model, "initialise_from"):
+        raise ValueError(f"--init-from: the {config.model} model cannot start from a checkpoint")
+    state = load_checkpoint(source, device)
+    theirs = state["vocabulary"]
+    if theirs != vocabulary:
+        missing = [g for g in vocabulary if g not in theirs][:3]
+        extra = [g for g in theirs if g not in vocabulary][:3]
+        raise ValueError(f"{source}: trained on another vocabulary ({len(theirs)} entries, this run has "
+                         f"{len(vocabulary)}; missing there: {', '.join(missing) or '-'}; only there: "
+                         f"{', '.join(extra) or '-'}{'; same glosses in another order' if not missing + extra else ''})")
+    if state["config"].get("streams") != config.streams or state["input_dims"] != dims:
+        raise ValueError(f"{source}: trained on streams {state['input_dims']}, this run reads {dims}")
+    model.initialise_from(state, source)
 
 
 RESUMABLE_CHANGES = ("device", "num_workers")  # settings that do not change what is computed
