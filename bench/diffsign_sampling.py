@@ -20,15 +20,17 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from cslr_pipe.pipeline.cli import parse_options
 from cslr_pipe.training.data import CachedSequenceDataset, collate_padded
 from cslr_pipe.training.evaluation import decode_seeds
 from cslr_pipe.training.metrics import wer
 from cslr_pipe.training.trainer import load_model, pick_device
 
 
-def decode(checkpoint: Path, manifest: Path, cache: Path, split: str, steps: int, seeds: int, device: str):
+def decode(checkpoint: Path, manifest: Path, cache: Path, split: str, steps: int, seeds: int, device: str,
+           options: dict | None = None):
     """(WER per seed, seconds per pass) of the split with ``sampling_steps=steps`` (0 = DDPM)."""
-    model, state = load_model(checkpoint, device, {"sampling_steps": steps})
+    model, state = load_model(checkpoint, device, {**(options or {}), "sampling_steps": steps})
     dataset = CachedSequenceDataset(cache, manifest, state["vocabulary"], state["config"]["streams"], split=split)
     loader = DataLoader(dataset, batch_size=16, shuffle=False, collate_fn=collate_padded)
     started = time.perf_counter()
@@ -48,16 +50,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="x_T seeds per sampler")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an inference option of the model (repeatable), e.g. rescore=false")
     args = parser.parse_args(argv)
+    options = parse_options(args.model_option)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     rows = [("DDPM (baseline)", 1000, *decode(args.checkpoint, args.manifest, args.cache, args.split, 0,
-                                              args.seeds, device))]
+                                              args.seeds, device, options))]
     for k in (int(s) for s in args.steps.split(",")):
-        rows.append(("DDIM", k, *decode(args.checkpoint, args.manifest, args.cache, args.split, k, args.seeds, device)))
+        rows.append(("DDIM", k, *decode(args.checkpoint, args.manifest, args.cache, args.split, k, args.seeds,
+                                        device, options)))
     ddpm_wer, ddpm_seconds = statistics.mean(rows[0][2]), rows[0][3]
-    print(f"{args.split} split, {args.seeds} x_T seeds per sampler, torch {torch.__version__}, "
+    print(f"{args.manifest.name}, {args.split} split, {args.seeds} x_T seeds per sampler, options {options}, "
+          f"torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {device}")
     print("| sampler | steps | WER (mean ± sd over seeds) | per seed | WER - DDPM (points) | seconds per pass "
           "| speed vs DDPM |")

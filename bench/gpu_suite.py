@@ -233,7 +233,8 @@ def backbone_run(ctx: Context) -> dict:
 
 
 def trainer_args(ctx: Context, options: list[str], epochs: int | None = None) -> SimpleNamespace:
-    return SimpleNamespace(epochs=epochs, model_option=list(options), device=ctx.device, beam_width=1)
+    return SimpleNamespace(epochs=epochs, model_option=list(options), device=ctx.device, beam_width=1,
+                           init_from_ctc=False)
 
 
 def ctc_run(ctx: Context) -> dict:

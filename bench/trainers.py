@@ -89,6 +89,8 @@ def config_for(model: str, args, seed: int) -> TrainConfig:
     settings = copy.deepcopy(SETTINGS.get(model, DEFAULT_SETTINGS))
     if args.epochs is not None:
         settings["epochs"] = args.epochs
+    if args.init_from_ctc and model == "diffsign":
+        settings["init_from"] = str(args.out / f"ctc-seed{seed}" / "best.pt")
     settings.setdefault("model_options", {}).update(parse_options(args.model_option))
     return TrainConfig.for_model(model, streams=[STREAM], seed=seed, device=args.device,
                                  beam_width=args.beam_width, **settings)
@@ -131,7 +133,7 @@ TEST_SPLITS = {"test": "manifest.jsonl", "shifted": SHIFTED_MANIFEST}  # both sc
 
 def run_model(model: str, seed: int, args, corpus: Path, vocabulary: list[str], num_train: int) -> dict:
     config = config_for(model, args, seed)
-    out = corpus.parent / f"{model}-seed{seed}"
+    out = corpus.parent / f"{model}{'-' + args.tag if args.tag else ''}-seed{seed}"
     if out.exists():
         shutil.rmtree(out)
     log = print if args.verbose else (lambda _: None)
@@ -235,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="override the spec's num_train (a smaller, quicker corpus)")
     parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                         help="override a model option of every model (repeatable), e.g. memory=decoder")
+    parser.add_argument("--init-from-ctc", action="store_true",
+                        help="diffsign starts from OUT/ctc-seed<seed>/best.pt (run ctc first, same --out)")
+    parser.add_argument("--tag", default="", help="run folders <model>-TAG-seed<k> and results-TAG.json, for "
+                                                  "variants beside the default runs in one --out")
     parser.add_argument("--verbose", action="store_true", help="print every epoch")
     args = parser.parse_args(argv)
     if args.threads:
@@ -286,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"command": " ".join(sys.argv), "python": platform.python_version(),
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "corpus": str(corpus), "spec": asdict(spec), "settings": SETTINGS, "results": results}
-    (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nresults: {args.out / 'results.json'}")
+    results_file = args.out / (f"results-{args.tag}.json" if args.tag else "results.json")
+    results_file.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nresults: {results_file}")
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cslr_pipe.features.weights import CheckpointError
 from cslr_pipe.training.decoding import greedy_decode
 from cslr_pipe.training.evaluation import evaluate_checkpoint
 from cslr_pipe.training.models.diffsign import gloss_contrastive_loss
@@ -299,6 +300,12 @@ def test_trainer_runs_both_stages_and_reloads(feature_corpus, tmp_path):
     assert lines[2].startswith("dev [mean-log-probs of 2 seeds]: WER") and "mean ± sd over 2 x_T seeds" in lines[3]
     written = sorted(p.name for p in (tmp_path / "run").glob("dev-best-*.hyp.jsonl"))
     assert written == ["dev-best-mean-log-probs.hyp.jsonl", "dev-best-seed=0.hyp.jsonl", "dev-best-seed=1.hyp.jsonl"]
+
+    old = torch.load(tmp_path / "run" / "best.pt", weights_only=True)  # as written before the CTC head on V
+    old["model"] = {k: v for k, v in old["model"].items() if not k.startswith("visual.classifier")}
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="old.pt: its diffsign weights do not fit.*visual.classifier"):
+        load_model(tmp_path / "old.pt")
 
 
 def test_ordinal_keys_place_frames_at_their_gloss_slot():

@@ -473,5 +473,9 @@ def load_model(checkpoint: str | Path, device: str = "cpu",
     config = TrainConfig.from_dict(state["config"])
     config.model_options = {**config.model_options, **(model_options or {})}
     model = build_model(config, state["input_dims"], len(state["vocabulary"]))
-    model.load_state_dict(state["model"])
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{checkpoint}: its {config.model} weights do not fit this version's model "
+                              f"(missing {', '.join(missing[:3]) or '-'}; unexpected {', '.join(unexpected[:3]) or '-'}): "
+                              f"written by another cslr-pipe version? Train it anew")
     return model.to(device).eval(), state

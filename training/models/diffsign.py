@@ -10,8 +10,10 @@ G' from noise conditioned on V, and a transformer decoder turns G' into CTC log-
   learned positions, through ``gloss_layers`` transformer layers and a LayerNorm without affine
   parameters, so every token has zero mean and unit variance, the scale a diffusion model expects.
   The separators keep repeated glosses ("A A") apart for CTC.
-* The visual encoder is the baseline's temporal convolutions + BiLSTM (:class:`CTCBaseline` without a
-  classifier) over the cached features.
+* The visual encoder is the ``ctc`` baseline itself (:class:`CTCBaseline`: temporal convolutions, BiLSTM
+  and its CTC head) over the cached features; V is its BiLSTM output, and its head's reading of V is
+  stage 1's answer (the paper builds on a CTC-trained CSLR model). :meth:`initialise_from` loads it
+  from a trained ``ctc`` checkpoint, frozen.
 * :class:`Decoder`: ``decoder_layers`` (4) transformer layers + a linear classifier, with CTC (blank 0).
 * :class:`DiT`: ``dit_layers`` (12) blocks of self-attention over the gloss tokens and MLP, both under
   adaLN-Zero modulation by the timestep embedding plus pooled V (Peebles & Xie), and cross-attention
@@ -21,10 +23,11 @@ G' from noise conditioned on V, and a transformer decoder turns G' into CTC log-
   see :mod:`cslr_pipe.training.diffusion`; ``beta_end=0.99`` gives the paper's values), and the paper's
   ancestral variance Sigma = beta_t I (``variance_type="fixed_large"``).
 
-Training runs in the paper's two stages (``phases``): **stage1** trains the visual encoder, the gloss
-encoder and the decoder with L_CTC = CTC(decoder(V)) + CTC(decoder(G)) ("visual features directly fed
-into the decoder", Table 4's first row; the shared decoder puts V and G in one space). **stage2**
-freezes them (in eval mode) and trains the DiT with
+Training runs in the paper's two stages (``phases``): **stage1** trains the visual encoder on the
+baseline's loss CTC(head(V)), and the gloss encoder and the decoder on CTC(decoder(G)). **stage2**
+freezes the gloss encoder and the decoder (in eval mode) and trains the DiT; the visual encoder keeps
+learning CTC(head(V)) (``stage2_visual="train"``; "frozen" is the paper's), detached from the DiT, so
+that the baseline inside DiffSign trains for every epoch, as ``ctc`` does. The DiT's loss is
 
     L = L_CTC + L_RSM + L_GFE + gamma L_DDM                                             (Eq. 8)
 
@@ -53,17 +56,19 @@ freezes them (in eval mode) and trains the DiT with
 * ``use_rsm`` / ``use_gfe`` switch L_RSM and L_GFE off for ablations.
 
 Not in the paper, each an option (docs/training.md says why each is on by default):
-``ordinal_keys`` (each frame of V carries a sinusoidal code of its gloss slot, from the frozen
-decoder's greedy CTC reading of V), ``alignment_prior`` (a Gaussian bias of the cross-attention
-around that slot), ``null_memory`` (a learned memory entry beside V, for the separator and padding
-slots that no frame belongs to), ``self_condition`` (the DiT also reads the previous step's x0
-estimate), ``memory="decoder"`` (default: attend to the frozen decoder's hidden states over V instead
-of V itself; "visual" is the paper's).
+``ordinal_keys`` (each frame of V carries a sinusoidal code of its gloss slot, from stage 1's greedy
+CTC reading of V), ``alignment_prior`` (a Gaussian bias of the cross-attention around that slot),
+``null_memory`` (a learned memory entry beside V, for the separator and padding slots that no frame
+belongs to), ``self_condition`` (the DiT also reads the previous step's x0 estimate), ``rescore``
+(joint CTC rescoring of the hypothesis from G' against stage 1's, :func:`choose_reading`). ``memory="decoder"``
+attends to the frozen decoder's hidden states over V instead of V itself (then the decoder learns
+CTC(decoder(V)) in stage 1 too); ``dit_input="zeros"`` is the ablation of a DiT that never sees x_t.
 
-Inference (``recognize``): before stage 2 has started, the decoder on V (stage 1's path); after,
-V -> G' sampled from x_T ~ N(0, I) with DDIM in ``sampling_steps`` steps (eta 0, deterministic) or,
-with ``sampling_steps=0``, the full T-step ancestral DDPM chain -> decoder -> CTC log-probs over the
-N' slots. Seeded: each video's x_T is drawn from (``sampling_seed``, its id), whatever its batch.
+Inference (``recognize``): before stage 2 has started, stage 1's reading; after, V -> G' sampled from
+x_T ~ N(0, I) with DDIM in ``sampling_steps`` steps (eta 0, deterministic) or, with ``sampling_steps=0``,
+the full T-step ancestral DDPM chain -> decoder -> CTC log-probs over the N' slots, or with ``rescore``
+the log-probs of whichever reading the joint CTC score keeps. Seeded per video: x_T and DDPM's step
+noise come from one random stream seeded from (``sampling_seed``, its id), whatever its batch.
 """
 
 from __future__ import annotations
@@ -117,7 +122,7 @@ class DiffSignConfig:
     null_memory: bool = True          # not in the paper: a learned entry beside V for slots without frames
     memory: str = "visual"            # what the DiT attends to: "visual" (V, the paper) or "decoder" (the
                                       # frozen decoder's last hidden states over V; it then also learns V in stage 1)
-    rescore: bool = True              # not in the paper: per video, keep G's reading or stage 1's, whichever
+    rescore: bool = True              # not in the paper: per video, keep the reading of G' or stage 1's, whichever
                                       # both CTC heads find likelier (``choose_reading``); False = G' alone
     dit_input: str = "x_t"            # "zeros": an ablation, the DiT sees zeros instead of x_t (in training
                                       # too, or at inference only when set by `eval --model-option`)
