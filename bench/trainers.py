@@ -221,6 +221,42 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(reports: list[dict]) -> str:
+    """Per model (and tag) and corpus, over training seeds: mean ± sd of dev / test / shifted test WER;
+    for DiffSign also its stage-1 reading, G' alone, the zero-x_t ablation, and what G' alone and the
+    rescored output change against stage 1, summed over the runs (x_T seed 0)."""
+    lines = ["| model | corpus | runs | dev WER | test WER | shifted test WER |", "|---|---:|---:|---:|---:|---:|"]
+    effects = []
+    for report in reports:
+        tag = report.get("tag") or ""
+        done = [r for r in report["results"] if r["status"] == "ok"]
+        for model in dict.fromkeys(r["model"] for r in done):
+            runs = [r for r in done if r["model"] == model]
+            name, corpus = model + (f" ({tag})" if tag else ""), runs[0]["corpus_seed"]
+
+            def cell(key):
+                values = 100 * np.array([r[key] for r in runs])
+                return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}%" if len(values) > 1 else f"{values[0]:.1f}%"
+            lines.append(f"| {name} | {corpus} | {len(runs)} | {cell('dev_wer')} | {cell('test_wer')} | "
+                         f"{cell('shifted_wer')} |")
+            if "stage1_test_wer" not in runs[0]:
+                continue
+            for label, key in (("its stage-1 reading", "stage1"), ("G' alone (rescore=false)", "generated"),
+                               ("G' alone, x_t replaced by zeros (x_T seed 0)", "zero_x_t")):
+                lines.append(f"| ... {label} | {corpus} | {len(runs)} | | {cell(key + '_test_wer')} | "
+                             f"{cell(key + '_shifted_wer')} |")
+            for label, key in (("G' alone", "generation"), ("rescored output", "rescored")):
+                cells = []
+                for split in ("test", "shifted"):
+                    total = {k: sum(r[f"{key}_{split}"][k] for r in runs) for k in ("sentences", "differ", "corrects", "breaks")}
+                    cells.append(f"{total['differ']}/{total['sentences']} / {total['corrects']} / {total['breaks']}")
+                effects.append(f"| {name}: {label} | {corpus} | {len(runs)} | {' | '.join(cells)} |")
+    if effects:
+        lines += ["", "| differs from stage 1 / corrects / breaks (sentences, summed over runs) | corpus | runs | "
+                      "test | shifted test |", "|---|---:|---:|---:|---:|", *effects]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-trainers"))
@@ -242,7 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="run folders <model>-TAG-seed<k> and results-TAG.json, for "
                                                   "variants beside the default runs in one --out")
     parser.add_argument("--verbose", action="store_true", help="print every epoch")
+    parser.add_argument("--summarise", nargs="+", type=Path, metavar="RESULTS_JSON",
+                        help="only print the summary of earlier runs' results files (several corpora, tags)")
     args = parser.parse_args(argv)
+    if args.summarise:
+        print(summary([json.loads(path.read_text()) for path in args.summarise]))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -289,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(table(results))
-    report = {"command": " ".join(sys.argv), "python": platform.python_version(),
+    report = {"command": " ".join(sys.argv), "tag": args.tag, "python": platform.python_version(),
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "corpus": str(corpus), "spec": asdict(spec), "settings": SETTINGS, "results": results}
     results_file = args.out / (f"results-{args.tag}.json" if args.tag else "results.json")
