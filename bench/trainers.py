@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader
 from cslr_pipe.pipeline.cli import parse_options
 from cslr_pipe.pipeline.manifest import read_vocabulary
 from cslr_pipe.pipeline.synthetic_features import (SHIFTED_MANIFEST, STREAM, FeatureCorpusSpec, corpus_matches,
-                                                   make_feature_corpus)
+                                                   make_feature_corpus, split_statistics)
 from cslr_pipe.training.data import CachedSequenceDataset, collate_padded
 from cslr_pipe.training.evaluation import decode_seeds, is_stochastic
 from cslr_pipe.training.metrics import wer
@@ -304,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     vocabulary = read_vocabulary(corpus / "manifest.vocab.json")
     print(f"{spec.num_train} train / {spec.num_dev} dev / {spec.num_test} test / {spec.num_shifted} shifted test "
           f"sentences, {len(vocabulary) - 1} glosses, [T, {spec.dim}] features")
+    for split, numbers in split_statistics(spec).items():
+        print(f"  {split}: {numbers['sentences']} sentences, {numbers['mean_glosses']:.2f} glosses on average, "
+              f"{100 * numbers['rare_transitions']:.1f} % of the transitions rare under the grammar (p < 0.02)")
 
     registered = known_models()
     results = []

@@ -345,6 +345,22 @@ def plan_shifted(spec: FeatureCorpusSpec = FeatureCorpusSpec(), world: World | N
     return [(f"shifted-{i + 1:05d}", "test", s) for i, s in enumerate(shifted)]
 
 
+def split_statistics(spec: FeatureCorpusSpec = FeatureCorpusSpec(), rare: float = 0.02) -> dict[str, dict]:
+    """Per split (train, dev, test, shifted): sentences, mean glosses per sentence, and the share of
+    transitions between different glosses that the bigram grammar gives a probability below ``rare``."""
+    world = make_world(spec)
+    plan = plan_sentences(spec, world)
+    index = {g: i for i, g in enumerate(world.glosses)}
+    splits = {split: [s for _, name, s in plan if name == split] for split in ("train", "dev", "test")}
+    splits["shifted"] = [s for _, _, s in plan_shifted(spec, world, plan)]
+    statistics = {}
+    for split, sentences in splits.items():
+        probabilities = [world.bigram[index[a], index[b]] for s in sentences for a, b in zip(s, s[1:]) if a != b]
+        statistics[split] = {"sentences": len(sentences), "mean_glosses": float(np.mean([len(s) for s in sentences])),
+                             "rare_transitions": float(np.mean(np.array(probabilities) < rare))}
+    return statistics
+
+
 # ---------------------------------------------------------------- frames
 
 def _smoothstep(p: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from cslr_pipe.pipeline.synthetic_features import (SHIFTED_MANIFEST, STREAM, Fea
                                                    corpus_matches, generate_sentence,
                                                    make_feature_corpus, make_world,
                                                    plan_sentences, plan_shifted, render_features,
-                                                   sentence_poses, shifted_manifest)
+                                                   sentence_poses, shifted_manifest, split_statistics)
 from cslr_pipe.training.data import CachedSequenceDataset, collate_padded
 
 SPEC = FeatureCorpusSpec(num_train=40, num_dev=8, num_test=8, num_shifted=10, dim=16, seed=5)
@@ -278,19 +278,9 @@ def test_the_shifted_split_leaves_the_other_rows_and_features_as_they_were(corpu
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_shifted_sentences_are_off_grammar_and_longer(seed):
-    spec = FeatureCorpusSpec(seed=seed)
-    world = make_world(spec)
-    plan = plan_sentences(spec, world)
-    index = {g: i for i, g in enumerate(world.glosses)}
-
-    def rare_share_and_mean_length(sentences):
-        probabilities = [world.bigram[index[a], index[b]]
-                         for s in sentences for a, b in zip(s, s[1:]) if a != b]
-        return np.mean(np.array(probabilities) < 0.02), np.mean([len(s) for s in sentences])
-
-    test_share, test_length = rare_share_and_mean_length([s for _, split, s in plan
-                                                          if split == "test"])
-    shifted_share, shifted_length = rare_share_and_mean_length(
-        [s for _, _, s in plan_shifted(spec, world, plan)])
-    assert shifted_share > max(2 * test_share, test_share + 0.1)
-    assert shifted_length > test_length + 0.5
+    statistics = split_statistics(FeatureCorpusSpec(seed=seed))
+    test, shifted = statistics["test"], statistics["shifted"]
+    assert (test["sentences"], shifted["sentences"]) == (100, 150)
+    assert abs(test["rare_transitions"] - statistics["train"]["rare_transitions"]) < 0.05  # test follows train
+    assert shifted["rare_transitions"] > max(2 * test["rare_transitions"], test["rare_transitions"] + 0.1)
+    assert shifted["mean_glosses"] > test["mean_glosses"] + 0.5
