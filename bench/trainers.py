@@ -1,39 +1,28 @@
-"""Recognition models on the synthetic feature corpus: dev / test WER, training time, throughput.
+"""Recognition models on the synthetic feature corpus: dev, test and shifted-test WER, training time.
 
-    python bench/trainers.py --out runs/bench-trainers --models ctc,diffsign,acdr \
+    python bench/trainers.py --out runs/bench --corpus-seed 0 --models ctc,diffsign,acdr --seeds 0,1,2 \
         [--epochs N] [--device cpu] [--threads 1]
+    python bench/trainers.py --summarise runs/bench/results.json [OTHER/results.json ...]
 
-Generates the feature-level synthetic corpus (``make_feature_corpus``, default spec) under
-``OUT/corpus``, or reuses it when one generated with the same spec is there. Then, for every model
-in ``--models``, trains it with its settings from :data:`SETTINGS` through
-``cslr_pipe.training.trainer.train`` into ``OUT/<model>`` (a fresh run: an earlier run folder is
-replaced), keeps the checkpoint with the best dev WER (the trainer selects on dev; test is only
-decoded, never used for selection), decodes dev and test with it and prints a table:
+Generates the feature-level synthetic corpus (``make_feature_corpus``, default spec, seed
+``--corpus-seed``) under ``OUT/corpus``, or reuses it when one generated with the same spec is there,
+and prints its split statistics. Then, for every model in ``--models`` and training seed in
+``--seeds``, trains it with its settings from :data:`SETTINGS` through
+``cslr_pipe.training.trainer.train`` into ``OUT/<model>-seed<k>`` (a fresh run: an earlier run
+folder is replaced), keeps the checkpoint with the best dev WER (the trainer selects on dev; test
+is only decoded, never used for selection), and decodes dev, the ordinary test split and the
+shifted test split (``manifest-shifted.jsonl``: signers unseen in train, sentences off the training
+grammar, longer sentences) with it. A model that samples (DiffSign) is decoded with ``--samples``
+x_T seeds and its WER is their mean; for DiffSign the table adds its stage-1 reading, G' alone
+(without rescoring), G' with the DiT's input x_t replaced by zeros, and the sentences where G'
+(and the rescored output) differ from stage 1, corrected or broken. Results, settings, versions and
+the corpus spec go to ``OUT/results.json`` (``results-TAG.json`` with ``--tag``); a model the trainer
+does not know or one that fails is reported and the others still run (exit status 1).
 
-    model | dev WER | test WER | train s | sequences/s | epochs | best epoch
-
-``train s`` is the wall time of ``train`` (every epoch's training pass and its dev decoding);
-``sequences/s`` is train sequences x epochs / train s. Results (and settings, versions, the
-corpus spec) go to ``OUT/results.json``. A model name the trainer does not know (not registered
-yet) or a model that fails is reported in the table and the JSON, and the others still run;
-the exit status is 1 when any requested model did not produce a result.
-
-Calibration. The default corpus spec and the ``ctc`` settings below were tuned (on dev; test only
-reported) so that the CTC baseline reaches a test WER of at most 15 %, but not ~0 %, in a few
-minutes on 2 busy CPU cores. Measured with ``--device cpu --threads 1`` (torch 2.14.1):
-
-    corpus spec                      ctc settings           dev WER  test WER  train s
-    first draft (see below)          hidden 128, 30 ep.     0.5 %    -  (too easy; stopped at ep. 21)
-    num_train 400, harder spec       hidden 128, 20 ep.     21.5 %   22.9 %    44
-    default (600 train, harder)      hidden 128, 30 ep.     8.6 %    10.4 %    74-88
-      the same, training --seed 1                           9.3 %    10.4 %    88
-      the same, --corpus-seed 1                             11.5 %   9.4 %     86
-
-first draft = noise 0.3, family_similarity 0.6, key_jitter 0.15, distortion 0.15, offset 0.2,
-detour_prob 0.3; "harder" = noise 0.5, family_similarity 0.8, key_jitter 0.3, distortion 0.3, offset 0.3,
-detour_prob 0.4 (the defaults now). On shared cores pass ``--threads 1``: with 1 thread a ctc epoch
-(train pass + dev decoding) took 2.1-3.5 s; a first run with torch's default of one thread per core,
-while other jobs loaded the machine, had epochs of 3.5-134 s.
+``SETTINGS`` are the ctc baseline's, calibrated on dev of the generator-v1 corpus so that ctc
+reached a test WER of at most 15 %, but not ~0 %, in a few minutes on 2 CPU cores; every model uses
+them, so that all compare at the same epochs. On shared cores pass ``--threads 1``. The measured
+tables are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -65,7 +54,6 @@ from cslr_pipe.training.trainer import MODELS, Run, TrainConfig, load_model, tra
 # Per-model TrainConfig fields (model, streams, seed, device and beam width are filled in); they
 # override the model's registered defaults (TrainConfig.for_model), model_options merge. Sized for
 # a few minutes on 2 CPU cores: the papers' sizes (hidden 512, a 12-layer DiT) are GPU settings.
-# Only "ctc" is calibrated (see the module docstring); the others are starting points.
 SETTINGS: dict[str, dict] = {
     "ctc": {"epochs": 30, "batch_size": 16, "lr": 3e-3, "weight_decay": 1e-4,
             "model_options": {"hidden": 128, "lstm_layers": 2, "dropout": 0.1}},

@@ -429,3 +429,21 @@ def test_choose_reading_keeps_the_hypothesis_both_heads_find_likelier():
         assert int(lengths[b]) == len(own)
         torch.testing.assert_close(chosen[b, :len(own)], own)
     assert {0, 1} <= outcomes  # both readings win somewhere
+
+
+def test_dev_selection_reads_generated_glosses_alone():
+    """best.pt is chosen on G' alone: rescoring with stage 1's reading makes an untrained DiT (the first
+    epoch of stage 2) look far better than it is, and that epoch would be kept."""
+    from cslr_pipe.training.metrics import wer
+    from cslr_pipe.training.trainer import evaluate
+
+    model, batch = make_model(hidden=64), make_batch(seed=5)
+    fit(model, batch, "stage1", 500, 3e-3)
+    model.set_phase("stage2")  # the DiT has not learnt anything yet
+    vocabulary = [str(i) for i in range(NUM_CLASSES)]
+    rescored = evaluate(model, [batch], vocabulary, "cpu")[0]
+    selecting = evaluate(model, [batch], vocabulary, "cpu", selecting=True)[0]
+    with torch.no_grad():
+        generated = greedy_decode(*model.recognize(batch, rescore=False))
+    assert selecting.wer == pytest.approx(wer(references(batch), generated)) and selecting.wer > 0.5
+    assert rescored.wer < selecting.wer - 0.2

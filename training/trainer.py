@@ -181,16 +181,18 @@ def decode_batch(log_probs: torch.Tensor, lengths: torch.Tensor, beam_width: int
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, vocabulary: list[str], device: str,
-             beam_width: int = 1) -> tuple[WERDetails, dict[str, list[str]], dict[str, list[str]]]:
-    """Decode a split: WER details, hypotheses and references (gloss lists by id).
+             beam_width: int = 1, selecting: bool = False) -> tuple[WERDetails, dict[str, list[str]], dict[str, list[str]]]:
+    """Decode a split: WER details, hypotheses and references (gloss lists by id). ``selecting``: the
+    dev decoding that picks best.pt, through the model's ``recognize_for_selection`` if it has one.
 
     Under DDP each rank decodes its share of the loader and the results are merged on every rank.
     """
     model.eval()
+    recognize = getattr(model, "recognize_for_selection", model.recognize) if selecting else model.recognize
     hyps, refs = {}, {}
     for batch in loader:
         batch = to_device(batch, device)
-        log_probs, lengths = model.recognize(batch)
+        log_probs, lengths = recognize(batch)
         labels = batch["labels"].cpu().split(batch["label_lengths"].cpu().tolist())
         for video_id, tokens, target in zip(batch["ids"], decode_batch(log_probs, lengths, beam_width), labels):
             hyps[video_id] = [vocabulary[t] for t in tokens]
@@ -364,7 +366,7 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
             batches.set_postfix(loss=f"{totals['loss'] / steps:.3f}", refresh=False)
         scheduler.step()
         train_seconds = time.perf_counter() - started
-        details, _, _ = evaluate(model, dev_loader, run.vocabulary, device, config.beam_width)
+        details, _, _ = evaluate(model, dev_loader, run.vocabulary, device, config.beam_width, selecting=True)
         record = {"epoch": epoch, "phase": phase, **{f"train_{k}": v / max(steps, 1) for k, v in totals.items()},
                   "dev_wer": details.wer, "lr": scheduler.get_last_lr()[0],
                   "steps": steps, "seconds": round(time.perf_counter() - started, 2),

@@ -525,8 +525,14 @@ class DiffSignRecognizer(nn.Module):
 
     forward = losses  # DistributedDataParallel calls forward
 
-    def recognize(self, batch: dict, sampling_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """CTC log-probs and lengths; ``sampling_steps`` overrides the config (0 = full DDPM).
+    def recognize_for_selection(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """What dev WER selects best.pt on: G' alone, never rescored (rescoring falls back on stage 1's
+        reading, which would make an untrained DiT at the start of stage 2 look best)."""
+        return self.recognize(batch, rescore=False)
+
+    def recognize(self, batch: dict, sampling_steps: int | None = None,
+                  rescore: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """CTC log-probs and lengths; ``sampling_steps`` and ``rescore`` override the config (0 = full DDPM).
 
         Seeded per video: x_T and DDPM's step noise come from (``sampling_seed``, video id).
         """
@@ -541,7 +547,7 @@ class DiffSignRecognizer(nn.Module):
         g = self.generate(memory, v_pad, timesteps, noise, generators, prior)[0]
         generated = self.decoder(g.to(v.dtype))  # (B, N', C)
         slots = torch.full((v.shape[0],), g.shape[1], device=v.device)
-        if not self.config.rescore:
+        if not (self.config.rescore if rescore is None else rescore):
             return generated, slots
         return choose_reading(self.read_visual(v), (~v_pad).sum(1), generated, slots)
 
