@@ -4,10 +4,11 @@
     python bench/diffsign_probe.py --name I --steps 1200 --opt null_memory=false
 
 Trains stage 1 (``--stage1-epochs``, Adam 1e-3, cosine, batch 16) once into
-``WORK/stage1-eN.pt`` and reuses it; then trains only the DiT for ``--steps`` steps (Adam ``--lr``,
+``WORK/stage1-eN.pt`` and reuses it; then trains stage 2 for ``--steps`` steps (Adam ``--lr``,
 cosine) with the model options ``--opt KEY=VALUE`` over the sizes of :data:`BASE` and the model's
 defaults, and prints the mean losses and the dev WER of DDIM-1/4/10 (x_T seed 0) every
-``--eval-every`` steps. This made the variant table of docs/benchmarks.md.
+``--eval-every`` steps. This made the variant table of docs/benchmarks.md (at commit c6b609f, when
+stage 1 was the baseline's encoder feeding the decoder; it runs on today's model too).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def main() -> None:
     missing, _ = model.load_state_dict(torch.load(stage1, weights_only=True), strict=False)
     print(f"stage 2 parameters not in stage 1's checkpoint (fresh): {missing}")
     model.set_phase("stage1")
-    print(f"stage 1 decoder on V: dev WER {100 * evaluate(model, dev_loader, vocabulary, 'cpu')[0].wer:.1f}%")
+    print(f"stage 1's reading: dev WER {100 * evaluate(model, dev_loader, vocabulary, 'cpu')[0].wer:.1f}%")
 
     model.set_phase("stage2")
     loader = make_loader(run, replace(config, rescale=args.rescale, feature_dropout=args.feature_dropout),
