@@ -406,7 +406,8 @@ def initialise_from(model: torch.nn.Module, config: TrainConfig, vocabulary: lis
                          f"{len(vocabulary)}; missing there: {', '.join(missing) or '-'}; only there: "
                          f"{', '.join(extra) or '-'}{'; same glosses in another order' if not missing + extra else ''})")
     if state["config"].get("streams") != config.streams or state["input_dims"] != dims:
-        raise ValueError(f"{source}: trained on streams {state['input_dims']}, this run reads {dims}")
+        raise ValueError(f"{source}: trained on {state['input_dims']} (feature sizes per stream), this run "
+                         f"reads {dims}")
     model.initialise_from(state, source)
 
 

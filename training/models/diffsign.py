@@ -60,9 +60,9 @@ Not in the paper, each an option (docs/training.md says why each is on by defaul
 CTC reading of V), ``alignment_prior`` (a Gaussian bias of the cross-attention around that slot),
 ``null_memory`` (a learned memory entry beside V, for the separator and padding slots that no frame
 belongs to), ``self_condition`` (the DiT also reads the previous step's x0 estimate), ``rescore``
-(joint CTC rescoring of the hypothesis from G' against stage 1's, :func:`choose_reading`). ``memory="decoder"``
-attends to the frozen decoder's hidden states over V instead of V itself (then the decoder learns
-CTC(decoder(V)) in stage 1 too); ``dit_input="zeros"`` is the ablation of a DiT that never sees x_t.
+(joint CTC rescoring of the hypothesis from G' against stage 1's, :func:`choose_reading`).
+``memory="decoder"`` attends to the frozen decoder's hidden states over V instead of V itself (then the
+decoder learns CTC(decoder(V)) in stage 1 too); ``dit_input="zeros"`` is the ablation of a DiT that never sees x_t.
 
 Inference (``recognize``): before stage 2 has started, stage 1's reading; after, V -> G' sampled from
 x_T ~ N(0, I) with DDIM in ``sampling_steps`` steps (eta 0, deterministic) or, with ``sampling_steps=0``,
@@ -392,8 +392,8 @@ class DiffSignRecognizer(nn.Module):
         return self.visual.classifier(v).float().log_softmax(-1)
 
     def condition(self, v: torch.Tensor, v_pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """What the DiT attends to: V layer-normalised (or the decoder's hidden states over V), plus with ``ordinal_keys``
-        an encoding of each frame's gloss slot; and the cross-attention prior [B, N', N]
+        """What the DiT attends to: V layer-normalised (or the decoder's hidden states over V), plus with
+        ``ordinal_keys`` an encoding of each frame's gloss slot; and the cross-attention prior [B, N', N]
         (``alignment_prior`` > 0) or None.
 
         Stage 1's CTC head reads V; the number of glosses its greedy reading has emitted up to frame j,
