@@ -49,7 +49,7 @@ def extraction_workflow(folder: Path, shard_size: int, stages: list[str]) -> Pat
 
 def check_complete(cache: Path, manifest: Path, stages: list[str]) -> None:
     from cslr_pipe.features.store import open_cache
-    from cslr_pipe.pipeline.manifest import read_manifest
+    from cslr_pipe.features.manifest import read_manifest
 
     ids = sorted(row.id for row in read_manifest(manifest))
     store = open_cache(cache)

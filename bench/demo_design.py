@@ -51,7 +51,7 @@ def main() -> None:
 
     from cslr_pipe.pipeline.dag import load_workflow, run_workflow
     from cslr_pipe.pipeline.demo import demo_workflow_path
-    from cslr_pipe.pipeline.manifest import read_manifest, read_vocabulary
+    from cslr_pipe.features.manifest import read_manifest, read_vocabulary
     from cslr_pipe.pipeline.runner import RunOptions
     from cslr_pipe.pipeline.synthetic import CorpusSpec, make_corpus
     from cslr_pipe.training.baselines import chance_wer, majority_wer

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from cslr_pipe.pipeline.cli import parse_options
-from cslr_pipe.pipeline.manifest import read_vocabulary
+from cslr_pipe.features.manifest import read_vocabulary
 from cslr_pipe.training.trainer import (Run, TrainConfig, build_model, evaluate, input_dims, make_loader,
                                         start_epoch)
 

@@ -10,6 +10,8 @@ files that were imported but never ran. docs/follow-one-video.md walks through t
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,7 @@ from cslr_pipe.pipeline.cli import main as cli
 PACKAGE = Path(cslr_pipe.__path__[0]).resolve().parent  # the repository (editable install) or site-packages
 
 
+@functools.lru_cache(maxsize=None)
 def project_file(filename: str) -> str | None:
     """``pipeline/cli.py`` for a file of the package, None for anything else."""
     path = Path(filename).resolve()
@@ -42,7 +45,7 @@ class Recorder:
         self.imported_before: set[str] = set()
 
     def __call__(self, frame, event, arg):
-        if event == "call" and frame.f_code.co_name != "<module>":  # functions, not module bodies
+        if event == "call" and frame.f_code.co_flags & inspect.CO_OPTIMIZED:  # functions, not module/class bodies
             name = project_file(frame.f_code.co_filename)
             if name:
                 self.ran.add(name)

@@ -56,7 +56,7 @@ def prepare(out: Path, videos: int) -> Path:
     """The corpus and its cache; returns the manifest."""
     from cslr_pipe.pipeline.dag import load_workflow, run_workflow
     from cslr_pipe.pipeline.demo import demo_workflow_path
-    from cslr_pipe.pipeline.manifest import read_manifest
+    from cslr_pipe.features.manifest import read_manifest
     from cslr_pipe.pipeline.runner import RunOptions
     from cslr_pipe.pipeline.synthetic import CorpusSpec, make_corpus
 
@@ -78,7 +78,7 @@ def prepare(out: Path, videos: int) -> Path:
 
 def low_resource_manifest(manifest: Path, train_videos: int) -> Path:
     """A manifest beside ``manifest`` with its first ``train_videos`` train rows and every other row."""
-    from cslr_pipe.pipeline.manifest import read_manifest, write_manifest
+    from cslr_pipe.features.manifest import read_manifest, write_manifest
 
     rows = read_manifest(manifest)
     train = [row for row in rows if row.split == "train"][:train_videos]
@@ -92,7 +92,7 @@ def train_row(out: Path, manifest: Path, runs: str, row: str, seed: int, epochs:
     import torch
 
     torch.set_num_threads(1)
-    from cslr_pipe.pipeline.manifest import read_vocabulary
+    from cslr_pipe.features.manifest import read_vocabulary
     from cslr_pipe.training.trainer import Run, TrainConfig, train
 
     run_dir = out / runs / f"{row}-s{seed}"

@@ -136,7 +136,7 @@ class Context:
 
     def corpus(self):
         """(manifest, vocabulary, cache, spec) of a small synthetic feature corpus."""
-        from cslr_pipe.pipeline.manifest import read_vocabulary
+        from cslr_pipe.features.manifest import read_vocabulary
         from cslr_pipe.pipeline.synthetic_features import FeatureCorpusSpec, make_feature_corpus
 
         def make():

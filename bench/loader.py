@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cslr_pipe.features.store import Provenance, ShardWriter, write_index
 from cslr_pipe.features.video import iter_frames, list_frame_files
-from cslr_pipe.pipeline.manifest import ManifestRow, read_manifest, read_vocabulary
+from cslr_pipe.features.manifest import ManifestRow, read_manifest, read_vocabulary
 from cslr_pipe.pipeline.runner import plan_shards
 from cslr_pipe.pipeline.synthetic import CorpusSpec, make_corpus
 from cslr_pipe.training.data import CachedSequenceDataset, collate_padded

@@ -43,7 +43,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cslr_pipe.pipeline.cli import parse_options
-from cslr_pipe.pipeline.manifest import read_vocabulary
+from cslr_pipe.features.manifest import read_vocabulary
 from cslr_pipe.pipeline.synthetic_features import (SHIFTED_MANIFEST, STREAM, FeatureCorpusSpec, corpus_matches,
                                                    make_feature_corpus, split_statistics)
 from cslr_pipe.training.data import CachedSequenceDataset, collate_padded

@@ -44,14 +44,16 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from cslr_pipe.features.errors import InputError
+
 SPLIT_PREFIXES = ("train/", "dev/", "test/", "val/")
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(InputError, pickle.UnpicklingError):
     """A pickle that names something other than array reconstruction; nothing of it was run."""
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(InputError):
     """A feature file that cannot be used at all (unreadable, or not in the expected layout)."""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+from cslr_pipe.features.errors import InputError
+
 
 class Registry:
     """Built-ins given by import path ``module:attribute`` (imported on first use, so their
@@ -31,4 +33,4 @@ class Registry:
         if name in self.builtin:
             module, _, attribute = self.builtin[name].partition(":")
             return getattr(importlib.import_module(module), attribute)
-        raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+        raise InputError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")

@@ -14,12 +14,14 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from cslr_pipe.features.errors import InputError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 cv2.setNumThreads(1)  # OpenCV's own loops (resize) stay on one thread; workers give parallelism
 
 
-class VideoError(RuntimeError):
+class VideoError(InputError, RuntimeError):
     """A video that cannot be read: missing, corrupt or empty. ``str()`` is one line."""
 
     def __init__(self, video: str | Path, reason: str):

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import torch
 
+from cslr_pipe.features.errors import InputError, MissingFileError
 
-class MissingWeights(FileNotFoundError):
+
+class MissingWeights(MissingFileError):
     """A backend needs a weights file that is not there; ``str()`` is one line naming it."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A file that torch.load(weights_only=True) cannot or will not load; ``str()`` is one line
     starting with its path."""
 

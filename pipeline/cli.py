@@ -6,9 +6,7 @@ Torch, OpenCV, h5py and dask are imported inside the commands that use them, so 
 
 from __future__ import annotations
 
-import functools
 import os
-import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -16,134 +14,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cslr_pipe.pipeline.manifest import (BadRow, ManifestError, build_vocabulary, read_manifest,
-                                         write_manifest, write_vocabulary)
+from cslr_pipe.features.errors import InputError
+from cslr_pipe.features.manifest import (BadRow, build_vocabulary, find_vocabulary, read_manifest, write_manifest,
+                                         write_vocabulary)
+from cslr_pipe.pipeline.cli_options import (HEATMAP_PRESETS, device_option, parse_options, stage_options,
+                                            weights_option, yaml_error_line)
+from cslr_pipe.pipeline.errors import Failed, fail_input, fail_usage, handle_errors, report
 
 if TYPE_CHECKING:
     from cslr_pipe.pipeline.runner import ShardResult
-
-
-class Failed(click.ClickException):
-    """Some items failed; each was already named on its own line."""
-
-    exit_code = 1
-
-
-class InputError(click.ClickException):
-    """A file the user gave cannot be used: one line `Error: <path>: <reason>`, exit code 2."""
-
-    exit_code = 2
-
-
-def fail_usage(message: str) -> None:
-    raise click.UsageError(message)
-
-
-def fail_input(message: str) -> None:
-    raise InputError(message)
-
-
-def report(results: list[ShardResult], per_stage: bool = True) -> None:
-    """One line per failed video on stderr, a summary per stage on stdout; exit 1 on failures."""
-    for result in results:
-        for video_id, reason in result.failed.items():
-            click.echo(f"failed: {result.stage} {video_id}: {reason}", err=True)
-    for stage in dict.fromkeys(r.stage for r in results) if per_stage else ():
-        mine = [r for r in results if r.stage == stage]
-        click.echo(f"{stage}: {sum(r.computed for r in mine)} computed, "
-                   f"{sum(r.reused for r in mine)} reused, "
-                   f"{sum(r.skipped for r in mine)} of {len(mine)} shards already complete, "
-                   f"{sum(len(r.failed) for r in mine)} failed")
-    failed = sum(len(r.failed) for r in results)
-    if failed:
-        raise Failed(f"{failed} video(s) failed (listed above); fix them and re-run to retry only those")
-
-
-def read_rows(manifest: Path) -> tuple[list, list[BadRow]]:
-    """The manifest's good rows; each bad row is named on stderr and returned for the exit code."""
-    bad_rows: list[BadRow] = []
-    rows = read_manifest(manifest, bad_rows)
-    for bad in bad_rows:
-        click.echo(f"skipped manifest row: {bad}", err=True)
-    if not rows:
-        fail_input(f"{manifest}: none of its {len(bad_rows)} row(s) can be used (listed above)" if bad_rows
-                   else f"{manifest}: empty manifest (no rows)")
-    return rows, bad_rows
-
-
-def require_split(manifest: Path, rows: list, split: str) -> None:
-    """Exit 2 when the manifest has no rows of ``split`` (training or scoring nothing)."""
-    if not any(row.split == split for row in rows):
-        fail_input(f"{manifest}: no rows of split {split!r} (splits present: "
-                   f"{', '.join(sorted({row.split for row in rows}))})")
-
-
-def finish(results: list[ShardResult], bad_rows: list[BadRow]) -> None:
-    report(results)
-    if bad_rows:
-        raise Failed(f"{len(bad_rows)} manifest row(s) skipped (listed above)")
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean an input cannot be used. Those of modules not imported yet cannot
-    have been raised, so they are looked up without importing anything (torch, cv2)."""
-    lazy = {"cslr_pipe.pipeline.runner": "CacheConflict", "cslr_pipe.features.video": "VideoError",
-            "cslr_pipe.features.imported": "UnsafePickleError", "yaml": "YAMLError"}
-    return (ManifestError, ValueError, FileNotFoundError,
-            *(getattr(sys.modules[module], name) for module, name in lazy.items() if module in sys.modules))
-
-
-HEATMAP_PRESETS = ("signvtcl", "slrt-phoenix", "slrt-csl-daily")  # features.heatmaps.PRESETS (torch-free help)
-
-
-def handle_errors(function):
-    """Turn the errors a user can fix into one-line messages with exit code 2."""
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except user_errors() as error:
-            fail_input(" ".join(str(error).split()))
-    return wrapper
-
-
-def stage_options(function):
-    """Options shared by every stage command (one stage over a manifest, or one array task)."""
-    options = [
-        click.option("--manifest", "manifest", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                     help="Manifest (JSON Lines) of the videos to process."),
-        click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Cache folder; results go to OUT/<stage>/."),
-        click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Folder that relative video paths start from [default: the manifest's folder]."),
-        click.option("--shard-size", default=32, show_default=True, type=click.IntRange(min=1),
-                     help="Videos per shard (keep it equal across stages and re-runs)."),
-        click.option("--shard-index", default=0, show_default=True, type=click.IntRange(min=0),
-                     help="Run only shards k with k % num-shards == shard-index (Slurm: $SLURM_ARRAY_TASK_ID)."),
-        click.option("--num-shards", default=1, show_default=True, type=click.IntRange(min=1),
-                     help="Number of array tasks sharing the work (Slurm: $SLURM_ARRAY_TASK_COUNT)."),
-        click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), default="gzip",
-                     show_default=True, help="HDF5 compression of the shards."),
-        click.option("--force", is_flag=True, help="Recompute shards that are already complete."),
-        click.option("--quiet", is_flag=True, help="No progress bars."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def run_stage_command(stage_name: str, config: dict, manifest: Path, out: Path, root: Path | None,
-                      shard_size: int, shard_index: int, num_shards: int, compression: str,
-                      force: bool, quiet: bool, device: str = "cpu") -> None:
-    from cslr_pipe.pipeline.runner import RunOptions, run_stage
-    from cslr_pipe.pipeline.stages import get_stage
-
-    if shard_index >= num_shards:
-        fail_usage(f"--shard-index {shard_index} must be smaller than --num-shards {num_shards}")
-    rows, bad_rows = read_rows(manifest)
-    options = RunOptions(out=out, root=root or manifest.parent, shard_size=shard_size,
-                         compression=compression, device=device, force=force, progress=not quiet)
-    finish(run_stage(get_stage(stage_name), config, rows, options, shard_index, num_shards), bad_rows)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -210,20 +89,6 @@ def probe(**common) -> None:
     run_stage_command("probe", {}, **common)
 
 
-def yaml_error_line(source: Path | str, error: Exception) -> str:
-    """One line for a YAML file that safe_load refused or could not parse, naming the place."""
-    import yaml
-
-    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-    where = f"{source}: line {mark.line + 1}, column {mark.column + 1}" if mark else f"{source}"
-    problem = " ".join(str(getattr(error, "problem", None) or error).split())
-    tag = re.search(r"tag '([^']*)'", problem)
-    if isinstance(error, yaml.constructor.ConstructorError) and tag:
-        return (f"{where}: tag {tag.group(1).replace('tag:yaml.org,2002:', '!!')} refused: YAML is read with "
-                f"safe_load, which builds no Python objects, so nothing in it was run")
-    return f"{where}: not valid YAML ({problem})"
-
-
 def open_workflow(workflow_file: Path, manifest: Path | None, out: Path | None):
     """The workflow, and its manifest and output folder (the options' if given, else the file's)."""
     import yaml
@@ -238,29 +103,6 @@ def open_workflow(workflow_file: Path, manifest: Path | None, out: Path | None):
     if manifest is None or out is None:
         fail_usage("the workflow names no manifest/out: pass --manifest and --out")
     return workflow, manifest, out
-
-
-def parse_options(pairs: tuple[str, ...]) -> dict:
-    """KEY=VALUE pairs into a dict; values are read as YAML scalars (1, 0.5, true, text)."""
-    import yaml
-
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            fail_usage(f"expected KEY=VALUE, got {pair!r}")
-        try:
-            options[key] = yaml.safe_load(value)
-        except yaml.YAMLError as error:
-            fail_usage(yaml_error_line(f"option {pair!r}", error))
-    return options
-
-
-weights_option = click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                              help="Weights file of the backend [default: its usual name in the "
-                                   "torch hub cache].")
-device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                             show_default=True, help="Where models run; auto = CUDA when present.")
 
 
 @main.command("extract-keypoints")
@@ -278,6 +120,7 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
 def extract_keypoints(backend: str, weights: Path | None, backend_options: tuple[str, ...],
                       export_dir: Path | None, device: str, **common) -> None:
     """Whole-body keypoints [T, 133, 3] (x, y, score in source pixels) per video (stage `keypoints`)."""
+    from cslr_pipe.features.pose.pose_format import export_pose_files
     from cslr_pipe.features.store import open_cache
 
     config = {"backend": backend, "weights": str(weights) if weights else None,
@@ -288,19 +131,6 @@ def extract_keypoints(backend: str, weights: Path | None, backend_options: tuple
         if export_dir is not None and (common["out"] / "keypoints").is_dir():
             written = export_pose_files(open_cache(common["out"]), export_dir)
             click.echo(f"pose-format: {written} .pose files in {export_dir}")
-
-
-def export_pose_files(cache, folder: Path) -> int:
-    """Write ``<id>.pose`` for every video with keypoints; returns how many were written."""
-    from cslr_pipe.features.files import inside
-    from cslr_pipe.features.pose.pose_format import write_pose_file
-
-    ids = cache.ids("keypoints")
-    for video_id in ids:
-        attrs = cache.attrs(video_id, "keypoints")
-        write_pose_file(inside(folder, f"{video_id}.pose"), cache.read(video_id, ["keypoints"])["keypoints"],
-                        fps=float(attrs.get("fps") or 25.0), width=int(attrs["width"]), height=int(attrs["height"]))
-    return len(ids)
 
 
 @main.command("extract-flow")
@@ -491,12 +321,12 @@ def train_workflow(workflow_file: Path, workflow, manifest: Path, rows: list, ca
     from cslr_pipe.pipeline.dag import train_after_stages
     from cslr_pipe.training.trainer import SettingsChangedError
 
-    vocabulary = load_vocabulary_for(manifest, None, rows)
+    vocabulary = find_vocabulary(manifest, None, rows)
     try:
         report = train_after_stages(workflow, manifest, vocabulary, cache, log=click.echo, resume=resume,
                                     progress=progress)
     except SettingsChangedError as error:
-        raise ValueError(f"{error} (`cslr-pipe run {workflow_file} --stage train --force` trains anew "
+        raise InputError(f"{error} (`cslr-pipe run {workflow_file} --stage train --force` trains anew "
                          f"without recomputing the stages)") from None
     for line in report.lines:
         click.echo(line)
@@ -567,19 +397,6 @@ def info(cache_dir: Path) -> None:
             click.echo(f"  failed {video_id}: {reason}")
 
 
-def load_vocabulary_for(manifest: Path, vocab: Path | None, rows) -> list[str]:
-    """The vocabulary file given, else NAME.vocab.json beside the manifest, else built from train."""
-    from cslr_pipe.pipeline.manifest import read_vocabulary
-
-    candidates = [vocab] if vocab else [manifest.with_suffix(".vocab.json"), manifest.parent / "vocabulary.json"]
-    for path in candidates:
-        if path.is_file():
-            return read_vocabulary(path)
-    if vocab:
-        raise FileNotFoundError(f"{vocab}: vocabulary not found")
-    return build_vocabulary(rows)
-
-
 @main.command()
 @click.argument("model")
 @click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -645,7 +462,7 @@ def train(model: str, manifest: Path, cache_dir: Path, streams: str, out: Path, 
                                    beam_width=beam_width, num_workers=num_workers,
                                    rescale=list(rescale) if rescale else None, feature_dropout=feature_dropout,
                                    init_from=str(init_from) if init_from else None, model_options=options or None)
-    run = Run(manifest=manifest, vocabulary=load_vocabulary_for(manifest, vocab, rows), cache=cache_dir, out=out)
+    run = Run(manifest=manifest, vocabulary=find_vocabulary(manifest, vocab, rows), cache=cache_dir, out=out)
     try:
         summary = run_training(config, run, resume=resume, log=click.echo, stop_after=stop_after)
         main_process = distributed.is_main()
@@ -794,6 +611,48 @@ def demo(out: Path, videos: int, workers: int, fusion: str | None) -> None:
     for line in summary_lines(result):
         click.echo(line)
     report(result.results, per_stage=False)
+
+
+# -- what the commands above share
+
+
+def read_rows(manifest: Path) -> tuple[list, list[BadRow]]:
+    """The manifest's good rows; each bad row is named on stderr and returned for the exit code."""
+    bad_rows: list[BadRow] = []
+    rows = read_manifest(manifest, bad_rows)
+    for bad in bad_rows:
+        click.echo(f"skipped manifest row: {bad}", err=True)
+    if not rows:
+        fail_input(f"{manifest}: none of its {len(bad_rows)} row(s) can be used (listed above)" if bad_rows
+                   else f"{manifest}: empty manifest (no rows)")
+    return rows, bad_rows
+
+
+def require_split(manifest: Path, rows: list, split: str) -> None:
+    """Exit 2 when the manifest has no rows of ``split`` (training or scoring nothing)."""
+    if not any(row.split == split for row in rows):
+        fail_input(f"{manifest}: no rows of split {split!r} (splits present: "
+                   f"{', '.join(sorted({row.split for row in rows}))})")
+
+
+def finish(results: list[ShardResult], bad_rows: list[BadRow]) -> None:
+    report(results)
+    if bad_rows:
+        raise Failed(f"{len(bad_rows)} manifest row(s) skipped (listed above)")
+
+
+def run_stage_command(stage_name: str, config: dict, manifest: Path, out: Path, root: Path | None,
+                      shard_size: int, shard_index: int, num_shards: int, compression: str,
+                      force: bool, quiet: bool, device: str = "cpu") -> None:
+    from cslr_pipe.pipeline.runner import RunOptions, run_stage
+    from cslr_pipe.pipeline.stages import get_stage
+
+    if shard_index >= num_shards:
+        fail_usage(f"--shard-index {shard_index} must be smaller than --num-shards {num_shards}")
+    rows, bad_rows = read_rows(manifest)
+    options = RunOptions(out=out, root=root or manifest.parent, shard_size=shard_size,
+                         compression=compression, device=device, force=force, progress=not quiet)
+    finish(run_stage(get_stage(stage_name), config, rows, options, shard_index, num_shards), bad_rows)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
+from cslr_pipe.features.manifest import SPLITS, BadRow, ManifestError, ManifestRow, check_id
 from cslr_pipe.features.video import IMAGE_SUFFIXES
-from cslr_pipe.pipeline.manifest import SPLITS, BadRow, ManifestError, ManifestRow, check_id
 
 PHOENIX_FRAMES = "features/fullFrame-210x260px"
 PHOENIX_FPS = 25.0

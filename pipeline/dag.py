@@ -32,9 +32,10 @@ from typing import Iterator
 import yaml
 from tqdm import tqdm
 
+from cslr_pipe.features.errors import InputError
+from cslr_pipe.features.manifest import ManifestRow
 from cslr_pipe.features.quiet import is_verbose
 from cslr_pipe.features.store import load_records, write_index
-from cslr_pipe.pipeline.manifest import ManifestRow
 from cslr_pipe.pipeline.runner import RunOptions, ShardResult, plan_shards, run_shard
 from cslr_pipe.pipeline.stages import Stage, get_stage
 
@@ -61,12 +62,12 @@ def load_workflow(path: str | Path) -> Workflow:
     path = Path(path)
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict) or not isinstance(data.get("stages"), dict) or not data["stages"]:
-        raise ValueError(f"{path}: a workflow is a mapping with a non-empty 'stages' mapping")
+        raise InputError(f"{path}: a workflow is a mapping with a non-empty 'stages' mapping")
     unknown = sorted(set(data) - WORKFLOW_KEYS)
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}")
+        raise InputError(f"{path}: unknown key(s) {', '.join(unknown)}")
     if "train" in data["stages"]:  # `run --stage train` and `submit`'s train job mean the train section
-        raise ValueError(f"{path}: a stage may not be called 'train' (the train section goes beside 'stages')")
+        raise InputError(f"{path}: a stage may not be called 'train' (the train section goes beside 'stages')")
     for key in ("manifest", "out", "root"):
         if data.get(key) is not None:
             data[key] = (path.parent / data[key]).resolve()
@@ -88,7 +89,7 @@ def ordered_stages(workflow: Workflow) -> list[tuple[Stage, dict]]:
         if any(stage.name == name for stage, _ in ordered):
             return
         if name in visiting:
-            raise ValueError(f"workflow stages depend on each other in a cycle through {name!r}")
+            raise InputError(f"workflow stages depend on each other in a cycle through {name!r}")
         visiting.add(name)
         stage, _ = entries[name]
         for required in stage.requires:
@@ -111,7 +112,7 @@ def build_graph(workflow: Workflow, rows: list[ManifestRow], options: RunOptions
     for stage, _ in stages:
         for required in stage.requires:
             if required not in in_workflow and not load_records(options.out / required):
-                raise ValueError(f"stage {stage.name} requires {required}, which is neither in "
+                raise InputError(f"stage {stage.name} requires {required}, which is neither in "
                                  f"the workflow nor in {options.out}")
     plan = plan_shards(rows, options.shard_size)
     tasks: dict[tuple[str, int], object] = {}
@@ -156,7 +157,7 @@ def connect(cluster: dict, scheduler: str | None = None) -> Iterator[object]:
             slurm.scale(jobs=jobs)
             yield client
     else:
-        raise ValueError(f"cluster kind must be 'local' or 'slurm', got {kind!r}")
+        raise InputError(f"cluster kind must be 'local' or 'slurm', got {kind!r}")
 
 
 def slurm_cluster(spec: dict):

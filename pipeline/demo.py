@@ -11,10 +11,10 @@ from typing import Callable
 
 from cslr_pipe.features.backbones import RandomWeightsWarning
 from cslr_pipe.features.files import inside
+from cslr_pipe.features.manifest import read_manifest, read_vocabulary
 from cslr_pipe.features.store import open_cache
 from cslr_pipe.pipeline.dag import TrainingReport, load_workflow, run_workflow, train_after_stages
 from cslr_pipe.pipeline.inspect import inspect_video
-from cslr_pipe.pipeline.manifest import read_manifest, read_vocabulary
 from cslr_pipe.pipeline.runner import RunOptions, ShardResult, video_path
 from cslr_pipe.pipeline.synthetic import GLOSSES, CorpusSpec, make_corpus
 

@@ -20,11 +20,12 @@ from typing import Callable
 
 import numpy as np
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.files import inside
-from cslr_pipe.features.imported import (FeatureFileError, check_features, list_feature_dir,
-                                         load_npy, read_slrt_features, slrt_name_to_id)
+from cslr_pipe.features.imported import (FeatureFileError, check_features, list_feature_dir, load_npy,
+                                         read_slrt_features, slrt_name_to_id)
+from cslr_pipe.features.manifest import ManifestRow, check_id
 from cslr_pipe.features.store import Provenance, ShardWriter, load_records, write_index
-from cslr_pipe.pipeline.manifest import ManifestRow, check_id
 from cslr_pipe.pipeline.runner import check_reusable, plan_shards
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class ImportResult(tuple):
 def stage_name(stream: str) -> str:
     """The stage (and dataset) name of imported features: ``features.<stream>``."""
     if not isinstance(stream, str) or check_id(stream) or "." in stream:
-        raise ValueError(f"stream must be a simple name such as 'rgb' or 'pose', got {stream!r}")
+        raise InputError(f"stream must be a simple name such as 'rgb' or 'pose', got {stream!r}")
     return f"features.{stream}"
 
 
@@ -82,7 +83,7 @@ def import_features(rows: list[ManifestRow], source: str | Path, out: str | Path
     """
     dtype = np.dtype(dtype)
     if dtype.name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype.name}")
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype.name}")
     source = Path(source)
     stage = stage_name(stream)
     stage_dir = inside(out, stage)

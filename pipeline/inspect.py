@@ -7,14 +7,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.flow import flow_color_wheel, flow_to_color
 from cslr_pipe.features.heatmaps import render_heatmaps
+from cslr_pipe.features.manifest import ManifestRow
 from cslr_pipe.features.pose.wholebody import SKELETON
 from cslr_pipe.features.store import Cache
 from cslr_pipe.features.video import probe_video
 from cslr_pipe.features.visualize import (alignment_panel, disc_legend, draw_skeleton, label, line_plot,
                                           overlay_heatmap, pick_frames, read_frames_at, save_png, stack_rows)
-from cslr_pipe.pipeline.manifest import ManifestRow
 
 FRAME_HEIGHT = 128
 WHEEL_RADIUS = 48
@@ -54,7 +55,7 @@ def hypothesis_panel(checkpoint: Path, cache: Cache | None, row: ManifestRow, wi
     from cslr_pipe.training.evaluation import decode_video  # imports torch
 
     if cache is None:
-        raise ValueError("decoding with a checkpoint needs the cache of the streams it was trained on")
+        raise InputError("decoding with a checkpoint needs the cache of the streams it was trained on")
     details = decode_video(checkpoint, cache.root, row, device)
     title = (f"{checkpoint.parent.name}/{checkpoint.name}: WER {100 * details.wer:.1f}% "
              f"({details.substitutions} sub, {details.deletions} del, {details.insertions} ins "

@@ -13,14 +13,15 @@ from pathlib import Path
 import h5py
 from tqdm import tqdm
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.files import inside
+from cslr_pipe.features.manifest import ManifestRow
 from cslr_pipe.features.store import Cache, Provenance, ShardRecord, ShardWriter, load_records, write_index
 from cslr_pipe.features.video import VideoError
-from cslr_pipe.pipeline.manifest import ManifestRow
 from cslr_pipe.pipeline.stages import Stage, VideoItem
 
 
-class CacheConflict(RuntimeError):
+class CacheConflict(InputError, RuntimeError):
     """Cached results were made differently from what is asked now; --force recomputes them."""
 
 
@@ -50,14 +51,14 @@ class ShardResult:
 def plan_shards(rows: list[ManifestRow], shard_size: int) -> list[list[ManifestRow]]:
     """Consecutive groups of ``shard_size`` rows, in manifest order."""
     if shard_size < 1:
-        raise ValueError("shard size must be >= 1")
+        raise InputError("shard size must be >= 1")
     return [rows[i:i + shard_size] for i in range(0, len(rows), shard_size)]
 
 
 def shards_for_task(num_shards_total: int, shard_index: int, num_shards: int) -> list[int]:
     """The shards one array task runs: every shard exactly once across indices 0..num_shards-1."""
     if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise ValueError(f"need 0 <= shard index ({shard_index}) < number of shards ({num_shards})")
+        raise InputError(f"need 0 <= shard index ({shard_index}) < number of shards ({num_shards})")
     return list(range(shard_index, num_shards_total, num_shards))
 
 
@@ -141,7 +142,7 @@ def run_stage(stage: Stage, config: dict, rows: list[ManifestRow], options: RunO
     stage.warn_random_weights(config)
     for required in stage.requires:
         if not load_records(options.out / required):
-            raise ValueError(f"stage {stage.name} needs {required} results in {options.out}: "
+            raise InputError(f"stage {stage.name} needs {required} results in {options.out}: "
                              f"run that stage first")
     plan = plan_shards(rows, options.shard_size)
     results = [run_shard(stage, config, plan[k], k, options)

@@ -17,14 +17,15 @@ from typing import Callable
 import numpy as np
 
 from cslr_pipe.features.backbones import RANDOM_INIT, RandomWeightsWarning, backbone_factory, build_backbone
+from cslr_pipe.features.errors import InputError, MissingFileError
 from cslr_pipe.features.flow import (DEFAULT_BOUND, DEFAULT_STORAGE, build_flow_backend,
                                     flow_backend_factory, iter_encode_flow, iter_flow)
 from cslr_pipe.features.heatmaps import PRESETS as HEATMAP_PRESETS, iter_heatmaps
+from cslr_pipe.features.manifest import ManifestRow
 from cslr_pipe.features.pose import build_pose_backend, pose_backend_factory
 from cslr_pipe.features.store import Cache, Provenance, quantize_linear, sha256_file
 from cslr_pipe.features.video import VideoError, iter_frames, probe_video
 from cslr_pipe.features.weights import resolve_device
-from cslr_pipe.pipeline.manifest import ManifestRow
 
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
@@ -78,7 +79,7 @@ class Stage:
         config = dict(config or {})
         unknown = sorted(set(config) - set(self.defaults))
         if unknown:
-            raise ValueError(f"stage {self.name!r} has no option(s) {', '.join(unknown)}; "
+            raise InputError(f"stage {self.name!r} has no option(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(self.defaults)) or 'none'}")
         config = {**self.defaults, **config}
         return self.complete(config) if self.complete else config
@@ -96,7 +97,7 @@ class Stage:
         if weights == RANDOM_INIT:
             digest = "random-init"  # recorded, so random features are never taken for real ones
         elif weights and not Path(weights).is_file():
-            raise FileNotFoundError(f"stage {self.name}: weights file {weights} not found")
+            raise MissingFileError(f"stage {self.name}: weights file {weights} not found")
         else:
             digest = sha256_file(weights) if weights else "none"
         kept = {k: v for k, v in config.items() if k != "weights"}
@@ -108,7 +109,7 @@ STAGES: dict[str, Stage] = {}
 
 def register_stage(stage: Stage) -> Stage:
     if not _STAGE_NAME.match(stage.name):
-        raise ValueError(f"stage name {stage.name!r} must match {_STAGE_NAME.pattern}")
+        raise InputError(f"stage name {stage.name!r} must match {_STAGE_NAME.pattern}")
     STAGES[stage.name] = stage
     return stage
 
@@ -121,9 +122,9 @@ def get_stage(name: str) -> Stage:
         module, _, attribute = name.partition(":")
         stage = getattr(importlib.import_module(module), attribute)
         if not isinstance(stage, Stage) or not _STAGE_NAME.match(stage.name):
-            raise ValueError(f"{name} is not a cslr_pipe Stage with a name matching {_STAGE_NAME.pattern}")
+            raise InputError(f"{name} is not a cslr_pipe Stage with a name matching {_STAGE_NAME.pattern}")
         return stage
-    raise ValueError(f"unknown stage {name!r}; known: {', '.join(sorted(STAGES))}")
+    raise InputError(f"unknown stage {name!r}; known: {', '.join(sorted(STAGES))}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def heatmap_preset(name: str | None) -> dict:
     if name is None:
         return {}
     if name not in HEATMAP_PRESETS:
-        raise ValueError(f"unknown heatmap preset {name!r}; known: {', '.join(sorted(HEATMAP_PRESETS))}")
+        raise InputError(f"unknown heatmap preset {name!r}; known: {', '.join(sorted(HEATMAP_PRESETS))}")
     return HEATMAP_PRESETS[name]
 
 

@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.store import load_records
 from cslr_pipe.pipeline.dag import Workflow, ordered_stages
 from cslr_pipe.pipeline.stages import Stage, get_stage
@@ -52,7 +53,7 @@ def workflow_stage(workflow: Workflow, name: str) -> tuple[Stage, dict]:
         stage = get_stage(config.pop("stage", key))
         if name in (key, stage.name):
             return stage, config
-    raise ValueError(f"the workflow has no stage {name!r}; it has {', '.join(workflow.stages)}")
+    raise InputError(f"the workflow has no stage {name!r}; it has {', '.join(workflow.stages)}")
 
 
 def run_line(workflow_file: Path, stage: str, manifest: Path, out: Path, root: Path | None) -> list[str]:
@@ -67,14 +68,14 @@ def sbatch_commands(workflow: Workflow, workflow_file: Path, manifest: Path, out
     """The jobs in submission order: one array per stage, then (if the workflow has a train section)
     one training job after all of them, with ``train_sbatch_options`` after ``sbatch_options``."""
     if not 1 <= num_tasks <= MAX_TASKS:
-        raise ValueError(f"--array must be between 1 and {MAX_TASKS}, got {num_tasks}")
+        raise InputError(f"--array must be between 1 and {MAX_TASKS}, got {num_tasks}")
     stages = ordered_stages(workflow)
     names = {stage.name for stage, _ in stages}
     jobs = []
     for stage, _ in stages:
         for required in stage.requires:
             if required not in names and not load_records(out / required):
-                raise ValueError(f"stage {stage.name} requires {required}, which is neither in the workflow "
+                raise InputError(f"stage {stage.name} requires {required}, which is neither in the workflow "
                                  f"nor in {out}")
         task = shlex.join([*run_line(workflow_file, stage.name, manifest, out, root), "--num-shards", str(num_tasks)])
         argv = ["sbatch", "--parsable", f"--array=0-{num_tasks - 1}", f"--job-name=cslr-pipe-{stage.name}",
@@ -95,7 +96,7 @@ def submit_workflow(workflow: Workflow, workflow_file: Path, manifest: Path, out
                     train_sbatch_options: tuple[str, ...] = ()) -> list[Submission]:
     """Submit every job of :func:`sbatch_commands`, each with its dependencies on the earlier ones."""
     if shutil.which("sbatch") is None:
-        raise ValueError("sbatch not found: run `cslr-pipe submit` where Slurm's commands are (a login node)")
+        raise InputError("sbatch not found: run `cslr-pipe submit` where Slurm's commands are (a login node)")
     planned = sbatch_commands(workflow, workflow_file, manifest, out, root, num_tasks, logs, sbatch_options,
                               train_sbatch_options)
     logs.mkdir(parents=True, exist_ok=True)  # Slurm opens --output before the job runs
@@ -108,7 +109,7 @@ def submit_workflow(workflow: Workflow, workflow_file: Path, manifest: Path, out
         result = subprocess.run(argv, capture_output=True, text=True)
         if result.returncode != 0:
             submitted = ", ".join(f"{s.stage} {s.job_id}" for s in submissions) or "none"
-            raise ValueError(f"sbatch refused {job.name}: {' '.join(result.stderr.split())} "
+            raise InputError(f"sbatch refused {job.name}: {' '.join(result.stderr.split())} "
                              f"(already submitted: {submitted})")
         ids[job.name] = result.stdout.strip().split(";")[0]
         submissions.append(Submission(job.name, ids[job.name], argv))

@@ -33,8 +33,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from cslr_pipe.pipeline.manifest import (SPLITS, ManifestRow, build_vocabulary, write_manifest,
-                                         write_vocabulary)
+from cslr_pipe.features.errors import InputError
+from cslr_pipe.features.manifest import SPLITS, ManifestRow, build_vocabulary, write_manifest, write_vocabulary
 
 GLOSSES: tuple[str, ...] = ("HELLO", "THANKS", "NO", "PLEASE", "GOOD", "MORE", "RAIN", "CHANGE")
 
@@ -70,13 +70,13 @@ class CorpusSpec:
 
     def __post_init__(self):
         if self.num_videos < len(SPLITS):
-            raise ValueError(f"num_videos must be >= {len(SPLITS)} (one video per split)")
+            raise InputError(f"num_videos must be >= {len(SPLITS)} (one video per split)")
         if min(self.height, self.width) < 32:
-            raise ValueError("height and width must be >= 32 pixels")
+            raise InputError("height and width must be >= 32 pixels")
         if not 1 <= self.min_glosses <= self.max_glosses:
-            raise ValueError("need 1 <= min_glosses <= max_glosses")
+            raise InputError("need 1 <= min_glosses <= max_glosses")
         if self.fps <= 0 or not 0 <= self.speed_jitter < 1 or self.folder_every < 1:
-            raise ValueError("need fps > 0, 0 <= speed_jitter < 1 and folder_every >= 1")
+            raise InputError("need fps > 0, 0 <= speed_jitter < 1 and folder_every >= 1")
 
 
 # ---------------------------------------------------------------- signer and glosses (signer units)
@@ -392,7 +392,7 @@ def render_video(glosses: list[str], spec: CorpusSpec = CorpusSpec(),
     """
     unknown = [g for g in glosses if g not in _MOTIONS]
     if unknown or not glosses:
-        raise ValueError(f"glosses must be a non-empty list from {GLOSSES}, got unknown {unknown}")
+        raise InputError(f"glosses must be a non-empty list from {GLOSSES}, got unknown {unknown}")
     rng = np.random.default_rng(spec.seed) if rng is None else rng
     look = _random_look(spec, rng)
     static = _static_points()
@@ -431,7 +431,7 @@ def plan_corpus(spec: CorpusSpec = CorpusSpec()) -> list[tuple[str, tuple[str, .
     n_test = max(1, round(n * spec.test_fraction))
     n_train = n - n_dev - n_test
     if n_train < 1:
-        raise ValueError("dev_fraction and test_fraction leave no train videos")
+        raise InputError("dev_fraction and test_fraction leave no train videos")
     deck: list[str] = []
 
     def sentence(draw: Callable[[], str]) -> tuple[str, ...]:

@@ -86,9 +86,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cslr_pipe.features.manifest import ManifestRow, build_vocabulary, write_manifest, write_vocabulary
 from cslr_pipe.features.store import Cache, Provenance, ShardWriter, write_index
-from cslr_pipe.pipeline.manifest import (ManifestRow, build_vocabulary, write_manifest,
-                                         write_vocabulary)
 
 STREAM = "features.synthetic"  # the cache stage and dataset name of the features
 GENERATOR = "cslr_pipe.pipeline.synthetic_features"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cslr_pipe.features.store import Provenance, ShardWriter
-from cslr_pipe.pipeline.manifest import ManifestRow, build_vocabulary, write_manifest, write_vocabulary
+from cslr_pipe.features.manifest import ManifestRow, build_vocabulary, write_manifest, write_vocabulary
 
 
 def frame(index: int, height: int = 24, width: int = 32) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cslr_pipe.features.store import Provenance, ShardWriter
-from cslr_pipe.pipeline.manifest import ManifestRow, build_vocabulary, write_manifest, write_vocabulary
+from cslr_pipe.features.manifest import ManifestRow, build_vocabulary, write_manifest, write_vocabulary
 from cslr_pipe.training.data import collate_padded
 from cslr_pipe.training.decoding import greedy_decode
 from cslr_pipe.training.models.acdr import build_acdr

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from cslr_pipe.features.store import open_cache
 from cslr_pipe.pipeline.cli import main
-from cslr_pipe.pipeline.manifest import read_manifest, read_vocabulary
+from cslr_pipe.features.manifest import read_manifest, read_vocabulary
 
 from conftest import write_frame_folder
 

@@ -10,7 +10,7 @@ import pytest
 
 from cslr_pipe.pipeline.corpora import (READERS, read_csl_daily, read_phoenix2014,
                                         read_phoenix2014t)
-from cslr_pipe.pipeline.manifest import BadRow, ManifestError, ManifestRow
+from cslr_pipe.features.manifest import BadRow, ManifestError, ManifestRow
 
 FRAMES = "features/fullFrame-210x260px"
 P14_HEADER = "id|folder|signer|annotation"

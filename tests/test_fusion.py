@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from cslr_pipe.pipeline.manifest import ManifestRow
+from cslr_pipe.features.manifest import ManifestRow
 from cslr_pipe.training.data import collate_padded
 from cslr_pipe.training.decoding import greedy_decode
 from cslr_pipe.training.models.ctc import TemporalConv

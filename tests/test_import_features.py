@@ -16,7 +16,7 @@ from cslr_pipe.features.imported import (FeatureFileError, RestrictedUnpickler, 
                                          read_feature_dir, read_slrt_features, slrt_name_to_id)
 from cslr_pipe.features.store import load_records, open_cache
 from cslr_pipe.pipeline.imports import import_features
-from cslr_pipe.pipeline.manifest import ManifestRow
+from cslr_pipe.features.manifest import ManifestRow
 from cslr_pipe.pipeline.runner import CacheConflict, plan_shards
 
 STAGE = "features.rgb"

@@ -14,7 +14,7 @@ from cslr_pipe.features.visualize import disc_legend
 from cslr_pipe.pipeline.cli import main
 from cslr_pipe.features.store import open_cache
 from cslr_pipe.pipeline.inspect import WHEEL_RADIUS, flow_row, hypothesis_panel
-from cslr_pipe.pipeline.manifest import read_manifest, write_manifest
+from cslr_pipe.features.manifest import read_manifest, write_manifest
 from cslr_pipe.training.evaluation import decode_video, evaluate_checkpoint
 from cslr_pipe.training.trainer import Run, TrainConfig, train
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from cslr_pipe.features.store import load_records, open_cache
-from cslr_pipe.pipeline.manifest import read_manifest
+from cslr_pipe.features.manifest import read_manifest
 from cslr_pipe.pipeline.runner import (CacheConflict, RunOptions, plan_shards, run_stage,
                                        shards_for_task)
 from cslr_pipe.pipeline.stages import Stage, StageOutput, get_stage
@@ -131,7 +131,7 @@ KILLABLE = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import numpy as np
-    from cslr_pipe.pipeline.manifest import read_manifest
+    from cslr_pipe.features.manifest import read_manifest
     from cslr_pipe.pipeline.runner import RunOptions, run_stage
     from cslr_pipe.pipeline.stages import Stage, StageOutput
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cslr_pipe.features.video import read_video
-from cslr_pipe.pipeline.manifest import build_vocabulary, read_manifest, read_vocabulary
+from cslr_pipe.features.manifest import build_vocabulary, read_manifest, read_vocabulary
 from cslr_pipe.pipeline.synthetic import (
     GLOSSES,
     L_ELBOW,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cslr_pipe.features.store import Cache
-from cslr_pipe.pipeline.manifest import BLANK, build_vocabulary, read_manifest, read_vocabulary
+from cslr_pipe.features.manifest import BLANK, build_vocabulary, read_manifest, read_vocabulary
 from cslr_pipe.pipeline.synthetic_features import (SHIFTED_MANIFEST, STREAM, FeatureCorpusSpec,
                                                    corpus_matches, generate_sentence,
                                                    make_feature_corpus, make_world,

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from cslr_pipe.features import store
 from cslr_pipe.features.store import Provenance, ShardWriter, write_index
 from cslr_pipe.pipeline.imports import import_features
-from cslr_pipe.pipeline.manifest import BLANK, ManifestRow, build_vocabulary, write_manifest
+from cslr_pipe.features.manifest import BLANK, ManifestRow, build_vocabulary, write_manifest
 from cslr_pipe.pipeline.runner import plan_shards
 from cslr_pipe.training.data import (Augmentation, CachedSequenceDataset, LengthBucketSampler,
                                      collate_padded, rescale_time, resolve_streams)

@@ -11,7 +11,7 @@ from cslr_pipe.features.store import open_cache
 from cslr_pipe.pipeline.cli import main
 from cslr_pipe.pipeline.dag import Workflow, build_graph, load_workflow, ordered_stages
 from cslr_pipe.pipeline.demo import demo_workflow_path
-from cslr_pipe.pipeline.manifest import read_manifest
+from cslr_pipe.features.manifest import read_manifest
 from cslr_pipe.pipeline.runner import RunOptions
 from cslr_pipe.pipeline.stages import STAGES, Stage, StageOutput, register_stage
 

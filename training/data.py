@@ -42,8 +42,9 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from cslr_pipe.features.errors import InputError
+from cslr_pipe.features.manifest import ManifestRow, read_manifest
 from cslr_pipe.features.store import Cache
-from cslr_pipe.pipeline.manifest import ManifestRow, read_manifest
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,9 @@ class Augmentation:
     def __post_init__(self):
         lo, hi = self.rescale
         if not 0 < lo <= hi:
-            raise ValueError(f"rescale must be (lo, hi) with 0 < lo <= hi, got {self.rescale}")
+            raise InputError(f"rescale must be (lo, hi) with 0 < lo <= hi, got {self.rescale}")
         if not 0 <= self.feature_dropout < 1:
-            raise ValueError(f"feature_dropout must be in [0, 1), got {self.feature_dropout}")
+            raise InputError(f"feature_dropout must be in [0, 1), got {self.feature_dropout}")
 
     def factor(self, rng: np.random.Generator) -> float:
         """The time scale of one item: always the first draw from its generator."""
@@ -138,7 +139,7 @@ class CachedSequenceDataset(torch.utils.data.Dataset):
         if isinstance(streams, str):
             streams = [streams]
         if not streams:
-            raise ValueError("give at least one stream (a cache stage such as 'features.rgb')")
+            raise InputError("give at least one stream (a cache stage such as 'features.rgb')")
         self.cache = Cache(cache_root)
         self.streams = list(streams)
         self.vocabulary = list(vocabulary)
@@ -147,7 +148,7 @@ class CachedSequenceDataset(torch.utils.data.Dataset):
         self._lengths: list[int] | None = None
         missing_stages = [s for s in self.streams if s not in self.cache.stages()]
         if missing_stages:
-            raise ValueError(f"{cache_root}: no committed {', '.join(missing_stages)} results "
+            raise InputError(f"{cache_root}: no committed {', '.join(missing_stages)} results "
                              f"(stages present: {', '.join(self.cache.stages()) or 'none'})")
         index = {gloss: i for i, gloss in enumerate(self.vocabulary)}
         rows = [row for row in rows if split is None or row.split == split]
@@ -164,7 +165,7 @@ class CachedSequenceDataset(torch.utils.data.Dataset):
         for row in kept:
             unknown = [g for g in row.glosses if g not in index]
             if unknown:
-                raise ValueError(f"{row.id}: gloss {unknown[0]!r} is not in the vocabulary "
+                raise InputError(f"{row.id}: gloss {unknown[0]!r} is not in the vocabulary "
                                  f"({len(self.vocabulary)} entries)")
             self.ids.append(row.id)
             self.glosses.append(tuple(row.glosses))
@@ -242,7 +243,7 @@ class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
                  shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0,
                  bucket_size_multiplier: int = 100):
         if batch_size < 1 or bucket_size_multiplier < 1:
-            raise ValueError("batch_size and bucket_size_multiplier must be at least 1")
+            raise InputError("batch_size and bucket_size_multiplier must be at least 1")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
         self.lengths, self.batch_size, self.shuffle, self.seed = lengths, batch_size, shuffle, seed
@@ -289,7 +290,7 @@ def collate_padded(batch: list[dict]) -> dict:
         shape = tensors[0].shape[1:]
         for item, tensor in zip(batch, tensors):
             if tensor.shape[1:] != shape:
-                raise ValueError(f"{item['id']}: {stream} has shape {list(tensor.shape)}, "
+                raise InputError(f"{item['id']}: {stream} has shape {list(tensor.shape)}, "
                                  f"others [T, {', '.join(map(str, shape))}]")
         inputs[stream] = _pad(tensors, int(lengths.max()))
         stream_lengths[stream] = lengths

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.files import atomic_write_text
-from cslr_pipe.pipeline.manifest import ManifestRow
+from cslr_pipe.features.manifest import ManifestRow
 from cslr_pipe.training.data import CachedSequenceDataset, collate_padded
 from cslr_pipe.training.metrics import WERDetails, wer_details, write_ctm, write_stm
-from cslr_pipe.training.phoenix import SCORERS, score_phoenix
 from cslr_pipe.training.trainer import decode_batch, load_model, pick_device, to_device
 
 MEAN = "mean-log-probs"
@@ -116,10 +116,12 @@ def evaluate_checkpoint(checkpoint: Path, manifest: Path, cache: Path, split: st
     out = Path(out or checkpoint.parent)
     stem = "-".join([split, checkpoint.stem, *(f"{k}={v}" for k, v in sorted((model_options or {}).items()))])
     if phoenix:
+        from cslr_pipe.training.phoenix import SCORERS  # (and sclite) only when scoring as PHOENIX
+
         scorer = scorer or SCORERS[phoenix][0]
         scoring = f" [{phoenix}, scorer {scorer}]"
     elif scorer:
-        raise ValueError(f"--scorer {scorer} needs --phoenix (without it the WER is plain)")
+        raise InputError(f"--scorer {scorer} needs --phoenix (without it the WER is plain)")
     else:
         scoring = " [plain WER]"
     lines, scores = [], {}
@@ -145,7 +147,7 @@ def decode_video(checkpoint: Path, cache: Path, row: ManifestRow, device: str = 
     model, vocabulary, streams, beam_width = load_for_decoding(checkpoint, device)
     dataset = CachedSequenceDataset(cache, [row], vocabulary, streams, split=None)
     if not len(dataset):
-        raise ValueError(f"{row.id} has no cached {' and '.join(streams)} in {cache} to decode")
+        raise InputError(f"{row.id} has no cached {' and '.join(streams)} in {cache} to decode")
     loader = DataLoader(dataset, batch_size=1, collate_fn=collate_padded)
     runs, refs = decode_seeds(model, loader, vocabulary, device, beam_width, sampling_seeds(model, 1))
     dataset.close()
@@ -155,6 +157,8 @@ def decode_video(checkpoint: Path, cache: Path, row: ManifestRow, device: str = 
 
 def score(ids: list[str], refs: dict, hyps: dict, phoenix: str | None, scorer: str | None = None) -> WERDetails:
     if phoenix:
+        from cslr_pipe.training.phoenix import score_phoenix
+
         return score_phoenix([refs[i] for i in ids], [hyps[i] for i in ids], phoenix, scorer=scorer)
     return wer_details([refs[i] for i in ids], [hyps[i] for i in ids])
 

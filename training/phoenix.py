@@ -49,6 +49,8 @@ import re
 from itertools import groupby
 from typing import Iterable, Literal, Sequence, Union
 
+from cslr_pipe.features.errors import InputError
+
 from .metrics import SentenceAlignment, WERDetails, alignment_from_ops, wer_details
 from .sclite import sclite_wer
 
@@ -373,10 +375,10 @@ def score_phoenix(
     """
     key = variant.lower().replace("-", "").replace("_", "")
     if key not in SCORERS:
-        raise ValueError(f"unknown variant {variant!r}; expected 'phoenix2014' or 'phoenix2014t'")
+        raise InputError(f"unknown variant {variant!r}; expected 'phoenix2014' or 'phoenix2014t'")
     scorer = scorer or SCORERS[key][0]
     if scorer not in SCORERS[key]:
-        raise ValueError(f"scorer {scorer!r} does not score {key}; it has {', '.join(SCORERS[key])}")
+        raise InputError(f"scorer {scorer!r} does not score {key}; it has {', '.join(SCORERS[key])}")
     if scorer == "slt":
         clean = clean_phoenix2014 if key == "phoenix2014" else clean_phoenix2014t
         refs_c = [clean(r) for r in refs]

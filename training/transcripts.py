@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.training.metrics import WERDetails
 
 EMPTY = "[EMPTY]"
@@ -16,7 +17,7 @@ def _ctm(lines: list[str], path: Path) -> dict[str, list[str]]:
     for number, line in enumerate(lines, 1):
         fields = line.split()
         if len(fields) < 5:
-            raise ValueError(f"{path}:{number}: a CTM line needs 'ID CHANNEL START DURATION WORD', got {line!r}")
+            raise InputError(f"{path}:{number}: a CTM line needs 'ID CHANNEL START DURATION WORD', got {line!r}")
         words.setdefault(fields[0], []).append((float(fields[2]), number, fields[4]))
     return {i: [w for _, _, w in sorted(ws)] for i, ws in words.items()}
 
@@ -26,7 +27,7 @@ def _stm(lines: list[str], path: Path) -> dict[str, list[str]]:
     for number, line in enumerate(lines, 1):
         fields = line.split()
         if len(fields) < 5:
-            raise ValueError(f"{path}:{number}: an STM line needs 'ID CHANNEL SPEAKER START END WORDS...'")
+            raise InputError(f"{path}:{number}: an STM line needs 'ID CHANNEL SPEAKER START END WORDS...'")
         refs[fields[0]] = fields[5:]
     return refs
 
@@ -37,7 +38,7 @@ def _jsonl(lines: list[str], path: Path, keys: tuple[str, ...]) -> dict[str, lis
         row = json.loads(line)
         key = next((k for k in keys if k in row), None)
         if "id" not in row or key is None:
-            raise ValueError(f"{path}:{number}: expected 'id' and one of {', '.join(keys)}")
+            raise InputError(f"{path}:{number}: expected 'id' and one of {', '.join(keys)}")
         value = row[key]
         sentences[row["id"]] = value.split() if isinstance(value, str) else list(value)
     return sentences

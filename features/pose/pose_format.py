@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cslr_pipe.features.files import atomic_write_bytes
+from cslr_pipe.features.files import atomic_write_bytes, inside
 from cslr_pipe.features.pose.wholebody import (BODY, FACE, FEET, LEFT_HAND, NAMES, NUM_KEYPOINTS,
                                                RIGHT_HAND, SKELETON)
 
@@ -248,3 +248,14 @@ def read_pose_file(path: str | Path) -> tuple[np.ndarray, float, int, int]:
         keypoints[..., :2] = data[:, 0]
         keypoints[..., 2] = confidence[:, 0]
     return keypoints, float(fps), header["width"], header["height"]
+
+
+def export_pose_files(cache, folder: Path) -> int:
+    """Write ``<id>.pose`` into ``folder`` for every video with keypoints in ``cache`` (a
+    :class:`~cslr_pipe.features.store.Cache`); returns how many were written."""
+    ids = cache.ids("keypoints")
+    for video_id in ids:
+        attrs = cache.attrs(video_id, "keypoints")
+        write_pose_file(inside(folder, f"{video_id}.pose"), cache.read(video_id, ["keypoints"])["keypoints"],
+                        fps=float(attrs.get("fps") or 25.0), width=int(attrs["width"]), height=int(attrs["height"]))
+    return len(ids)

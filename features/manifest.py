@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from cslr_pipe.features.errors import InputError, MissingFileError
 from cslr_pipe.features.files import atomic_write_text
 
 SPLITS = ("train", "dev", "test")
@@ -50,7 +51,7 @@ class BadRow:
         return f"{self.file}:{self.line}: {self.reason}"
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest that cannot be used at all, or a bad row when rows are read strictly."""
 
 
@@ -138,3 +139,16 @@ def read_vocabulary(path: str | Path) -> list[str]:
     if not isinstance(vocabulary, list) or not vocabulary or vocabulary[0] != BLANK:
         raise ManifestError(f"{path}: a vocabulary is a JSON list that starts with {BLANK!r}")
     return vocabulary
+
+
+def find_vocabulary(manifest: str | Path, vocab: str | Path | None, rows: Iterable[ManifestRow]) -> list[str]:
+    """The vocabulary file given, else NAME.vocab.json beside the manifest, else vocabulary.json there,
+    else one built from the train split of ``rows``."""
+    manifest = Path(manifest)
+    candidates = [Path(vocab)] if vocab else [manifest.with_suffix(".vocab.json"), manifest.parent / "vocabulary.json"]
+    for path in candidates:
+        if path.is_file():
+            return read_vocabulary(path)
+    if vocab:
+        raise MissingFileError(f"{vocab}: vocabulary not found")
+    return build_vocabulary(rows)
