@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from cslr_pipe.pipeline.cli import main
-from cslr_pipe.training.trainer import Run, TrainConfig, load_checkpoint, train
+from cslr_pipe.training.trainer import Run, TrainConfig, load_checkpoint, save_checkpoint, train
 
 
 def run_for(root, out):
@@ -110,3 +110,16 @@ def test_run_stage_train_continues_its_last_checkpoint(feature_corpus, tmp_path)
     assert forced.exit_code == 0 and "epoch 2:" in forced.output and "resumed" not in forced.output
     assert [json.loads(line)["epoch"] for line in (cache / "runs" / "ctc" / "log.jsonl").read_text().splitlines()] \
         == [0, 1, 2]
+
+
+def test_a_checkpoint_is_replaced_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "last.pt"
+    state = {"config": {}, "vocabulary": ["<blank>", "A"], "input_dims": {"features.rgb": 4}}
+    save_checkpoint(path, **state, model={"w": torch.ones(3)})
+    with pytest.raises(Exception):  # a lambda cannot be pickled: the write fails half way
+        save_checkpoint(path, **state, model={"w": torch.zeros(3), "bad": lambda: 0})
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    save_checkpoint(path, **state, model={"w": torch.zeros(3)})
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.zeros(3))

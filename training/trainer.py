@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cslr_pipe.training import distributed
+from cslr_pipe.features.files import atomic_writer
 from cslr_pipe.features.store import Cache
 from cslr_pipe.features.weights import CheckpointError, load_torch_file
 from cslr_pipe.training.data import (Augmentation, CachedSequenceDataset, LengthBucketSampler, collate_padded,
@@ -243,10 +244,11 @@ def input_dims(dataset: CachedSequenceDataset, streams: list[str]) -> dict[str, 
 
 
 def save_checkpoint(path: Path, **state) -> None:
-    """Tensors, numbers, strings, lists and dicts only, so it loads with weights_only=True."""
-    tmp = path.with_suffix(".tmp")
-    torch.save({"version": CHECKPOINT_VERSION, **state}, tmp)
-    tmp.replace(path)
+    """Tensors, numbers, strings, lists and dicts only, so it loads with weights_only=True.
+
+    Streamed through the project's one atomic writer: a crash leaves the previous checkpoint."""
+    with atomic_writer(path) as handle:
+        torch.save({"version": CHECKPOINT_VERSION, **state}, handle)
 
 
 CHECKPOINT_KEYS = ("config", "vocabulary", "input_dims", "model")
