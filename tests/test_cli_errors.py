@@ -221,3 +221,42 @@ def test_training_without_dev_videos_is_an_error(feature_corpus, tmp_path):
     with pytest.raises(ValueError, match="no dev videos with cached features.rgb"):
         train(TrainConfig(streams=["features.rgb"], epochs=1, device="cpu"),
               Run(manifest, vocabulary, feature_corpus / "cache", tmp_path / "run"), log=lambda _: None)
+
+
+# ---------------------------------------------------------------------------------------------
+# A bug is not the user's mistake
+
+
+def test_a_programming_error_inside_a_command_keeps_its_traceback(feature_corpus, tmp_path, monkeypatch):
+    """torch and numpy raise ValueError for defects (a shape mismatch): that must not read as bad input."""
+    import cslr_pipe.training.evaluation as evaluation
+
+    def broken(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together with shapes (3,) (4,)")
+
+    monkeypatch.setattr(evaluation, "evaluate_checkpoint", broken)
+    checkpoint = tmp_path / "any.pt"
+    checkpoint.write_bytes(b"x")
+    result = invoke("eval", "--checkpoint", checkpoint, "--manifest", feature_corpus / "manifest.jsonl",
+                    "--cache", feature_corpus / "cache", "--device", "cpu")
+    assert result.exit_code == 1, result.output
+    assert "Traceback (most recent call last)" in result.output and "in broken" in result.output
+    assert "could not be broadcast" in result.output
+    assert "bug in cslr-pipe" in result.output.strip().splitlines()[-1]
+
+
+def test_verbose_shows_the_traceback_of_an_input_error_and_keeps_its_line(tmp_path):
+    hyp, ref = tmp_path / "hyp.ctm", tmp_path / "ref.txt"
+    hyp.write_text("s01 1 0.0\n")  # a CTM line cut short
+    ref.write_text("s01 A B\n")
+    args = ["score", "--hyp", hyp, "--ref", ref, "--dataset", "csl-daily"]
+    quiet = invoke(*args)
+    error_line(quiet, f"{hyp}:1", "CTM line")
+    old = os.environ.get("CSLR_PIPE_VERBOSE")
+    try:
+        verbose = invoke("--verbose", *args)
+    finally:
+        os.environ.pop("CSLR_PIPE_VERBOSE") if old is None else os.environ.__setitem__("CSLR_PIPE_VERBOSE", old)
+    assert verbose.exit_code == 2
+    assert "Traceback (most recent call last)" in verbose.output and "read_sentences" in verbose.output
+    assert verbose.output.strip().splitlines()[-1] == quiet.output.strip()
