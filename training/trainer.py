@@ -21,6 +21,7 @@ import hashlib
 import json
 import random
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -38,7 +39,6 @@ from cslr_pipe.training.data import (Augmentation, CachedSequenceDataset, Length
                                      resolve_streams)
 from cslr_pipe.training.decoding import beam_search_decode, greedy_decode
 from cslr_pipe.training.metrics import WERDetails, wer_details
-from cslr_pipe.training.tensorboard_events import EventWriter
 
 CHECKPOINT_VERSION = 1
 
@@ -273,6 +273,21 @@ def epoch_scalars(record: dict) -> dict[str, float]:
     return {**train_terms, "dev/wer": record["dev_wer"], "lr": record["lr"]}
 
 
+def open_event_writer(folder: Path):
+    """A TensorBoard writer of a new event file in ``folder``: tensorboardX's SummaryWriter.
+
+    tensorboardX (a 90 kB wheel that needs only numpy, packaging and protobuf) rather than
+    torch.utils.tensorboard, which needs the tensorboard package: 5.5 MB, plus grpcio (7.4 MB),
+    tensorboard-data-server (6.6 MB), werkzeug, markdown and absl-py, about 20 MB of wheels. Its
+    writes go through a queue to a thread: flush_secs=1 has each epoch's scalars on disk within a
+    second, close() (or the interpreter's exit) writes the rest. The random suffix keeps two
+    writers of the same second and host (a run resumed at once) out of each other's file.
+    """
+    from tensorboardX import SummaryWriter  # imported by a run that writes events only
+
+    return SummaryWriter(str(folder), flush_secs=1, filename_suffix=f".{uuid.uuid4().hex[:8]}")
+
+
 def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[str], None] = print,
           stop_after: int | None = None, progress: bool = True) -> dict:
     """Train and evaluate; returns a summary (best dev WER, the best checkpoint).
@@ -329,7 +344,7 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
 
     end = config.epochs if stop_after is None else min(config.epochs, first_epoch + stop_after)
     if main and first_epoch < end:
-        events = EventWriter(run.out)  # a resumed run adds a new event file
+        events = open_event_writer(run.out)  # a resumed run adds a new event file
     for epoch in range(first_epoch, end):
         name, first, length = phase_of(phases, epoch)
         if name != phase:
@@ -386,9 +401,12 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
             save_checkpoint(last, **state, best_dev_wer=min(best, details.wer), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), torch_rng=[rng_states[r] for r in range(world_size)])
             write_logs(history, run.out)
-            events.add_scalars(epoch, epoch_scalars(record))
+            for tag, value in epoch_scalars(record).items():
+                events.add_scalar(tag, value, epoch)
         best = min(best, details.wer)
         distributed.barrier()
+    if main and first_epoch < end:
+        events.close()
     return {"best_dev_wer": best, "epochs": len(history), "checkpoint": str(run.out / "best.pt")}
 
 
