@@ -32,7 +32,8 @@ import h5py
 import numpy as np
 import torch
 
-from cslr_pipe.features.flow import STORAGES, build_flow_backend, decode_flow, encode_flow, rgb_error_bound
+from cslr_pipe.features.codecs import STORAGES, decode_flow, encode_flow, rgb_error_bound
+from cslr_pipe.features.flow import build_flow_backend
 from cslr_pipe.features.store import Provenance, ShardWriter
 from cslr_pipe.pipeline.synthetic import CorpusSpec, render_video
 

@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import importlib
 import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import h5py
 import numpy as np
 
+from cslr_pipe.features.codecs import decode_values
+from cslr_pipe.features.errors import InputError, MissingFileError
 from cslr_pipe.features.files import atomic_write_text, fsync_dir, temporary_name
 
 SCHEMA_VERSION = 1
@@ -163,47 +164,10 @@ def write_index(stage_dir: str | Path) -> dict:
         records = now
 
 
-# ---------------------------------------------------------------------------------------------
-# Encodings: what is stored may be quantised; readers always get physical units back.
-
-Decoder = Callable[[np.ndarray, dict], np.ndarray]
-DECODERS: dict[str, Decoder] = {}
-# Encodings whose decoder registers itself when its module is imported; decode imports it on demand.
-DECODER_MODULES: dict[str, str] = {"flow-rgb": "cslr_pipe.features.flow"}
-
-
-def register_decoder(name: str, decoder: Decoder) -> None:
-    """Teach the reader a storage encoding (dataset attribute ``encoding``)."""
-    DECODERS[name] = decoder
-
-
-def quantize_linear(values: np.ndarray, low: float, high: float, dtype=np.uint8) -> tuple[np.ndarray, dict]:
-    """Clip to [low, high] and map linearly onto the full range of an unsigned integer type.
-
-    Returns the codes and the dataset attributes that let the reader map them back
-    (``value = code * scale + offset``; error <= scale / 2 inside the range).
-    """
-    levels = np.iinfo(dtype).max
-    scale = (high - low) / levels
-    codes = np.rint((np.clip(values, low, high) - low) / scale).astype(dtype)
-    return codes, {"encoding": "linear", "scale": scale, "offset": low}
-
-
-register_decoder("linear", lambda codes, attrs: codes.astype(np.float32) * np.float32(attrs["scale"])
-                 + np.float32(attrs["offset"]))
-
-
 def decode(dataset: h5py.Dataset) -> np.ndarray:
-    """A dataset's values in physical units (float16 is widened to float32)."""
-    values = dataset[()]
-    encoding = dataset.attrs.get("encoding", "raw")
-    if encoding == "raw":
-        return values.astype(np.float32) if values.dtype == np.float16 else values
-    if encoding not in DECODERS and encoding in DECODER_MODULES:
-        importlib.import_module(DECODER_MODULES[encoding])
-    if encoding not in DECODERS:
-        raise ValueError(f"{dataset.file.filename}:{dataset.name}: unknown encoding {encoding!r}")
-    return DECODERS[encoding](values, dict(dataset.attrs))
+    """A dataset's values in physical units (float16 is widened to float32); its ``encoding``
+    attribute names the decoder (:mod:`cslr_pipe.features.codecs`)."""
+    return decode_values(dataset[()], dict(dataset.attrs), f"{dataset.file.filename}:{dataset.name}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +176,7 @@ def decode(dataset: h5py.Dataset) -> np.ndarray:
 
 def _filters(compression: str) -> dict:
     if compression not in COMPRESSIONS:
-        raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+        raise InputError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
     if compression == "none":
         return {}
     options = {"compression": compression, "shuffle": True}
@@ -259,7 +223,8 @@ class ShardWriter:
 
         A value is an array, or an iterable of chunks along time (all but the first axis equal)
         that is streamed to disk so the whole never has to be in memory. ``attrs[name]`` are that
-        dataset's attributes (e.g. an ``encoding`` from :func:`quantize_linear`); ``group_attrs``
+        dataset's attributes (e.g. an ``encoding`` from
+        :func:`cslr_pipe.features.codecs.quantize_linear`); ``group_attrs``
         describe the video (frame size, fps ...). If anything fails, nothing of the video stays.
         """
         if video_id in self._file:
@@ -351,7 +316,7 @@ class Cache:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: no such cache folder")
+            raise MissingFileError(f"{self.root}: no such cache folder")
         self._records = {stage.name: load_records(stage) for stage in sorted(self.root.iterdir())
                          if stage.is_dir()}
         self._records = {stage: records for stage, records in self._records.items() if records}

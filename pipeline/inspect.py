@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cslr_pipe.features.codecs import flow_color_wheel, flow_to_color
 from cslr_pipe.features.errors import InputError
-from cslr_pipe.features.flow import flow_color_wheel, flow_to_color
 from cslr_pipe.features.heatmaps import render_heatmaps
 from cslr_pipe.features.manifest import ManifestRow
 from cslr_pipe.features.pose.wholebody import SKELETON

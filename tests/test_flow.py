@@ -1,4 +1,4 @@
-"""Optical flow backends, streaming and storage (features/flow.py).
+"""Optical flow backends (features/flow/), streaming (flow/stream.py) and storage (features/codecs.py).
 
 Motion tests use a real photo that ships with matplotlib (grace_hopper.jpg) and a second frame
 made from it by a known sub-pixel warp, so the true flow is known everywhere.
@@ -16,7 +16,10 @@ import pytest
 import torch
 from matplotlib import cbook
 
-from cslr_pipe.features import flow as F
+from cslr_pipe.features import codecs as C, flow as F
+from cslr_pipe.features.flow.dis import DISFlow
+from cslr_pipe.features.flow.raft import RAFTSmall, raft_padding
+from cslr_pipe.features.flow.stream import iter_flow
 from cslr_pipe.features.store import Provenance, ShardWriter, open_cache, write_index
 from cslr_pipe.features.weights import MissingWeights
 
@@ -97,7 +100,7 @@ def test_registry_options_and_errors(photo):
         F.build_flow_backend("farneback", window=3)
     with pytest.raises(ValueError, match="no weights"):
         F.build_flow_backend("dis", weights="x.pth")
-    assert F.DISFlow.locate_weights(None) is None
+    assert DISFlow.locate_weights(None) is None
     fast = F.build_flow_backend("dis", preset="ultrafast", finest_scale=1)
     assert fast(photo[None], photo[None]).shape == (1, 2, SIZE, SIZE)
     with pytest.raises(ValueError, match="uint8"):
@@ -152,7 +155,7 @@ def test_iter_flow_matches_all_pairs_at_once(photo, chunk, batch):
     whole = backend(frames[:-1], frames[1:])
     recorder = Recorder(backend)
     chunks = (frames[i:i + chunk] for i in range(0, len(frames), chunk))
-    parts = list(F.iter_flow(recorder, chunks, batch=batch))
+    parts = list(iter_flow(recorder, chunks, batch=batch))
     assert sum(len(p) for p in parts) == len(frames) - 1
     assert max(recorder.calls) <= batch
     np.testing.assert_array_equal(np.concatenate(parts), whole)
@@ -161,14 +164,14 @@ def test_iter_flow_matches_all_pairs_at_once(photo, chunk, batch):
 def test_iter_flow_edge_cases(photo):
     backend = F.build_flow_backend("dis")
     frames = moving_frames(photo, 3)
-    assert list(F.iter_flow(backend, [frames[:1]])) == []  # one frame: no flow
-    assert list(F.iter_flow(backend, [])) == []
-    parts = list(F.iter_flow(backend, [frames[:0], frames[:1], frames[:0], frames[1:]]))
+    assert list(iter_flow(backend, [frames[:1]])) == []  # one frame: no flow
+    assert list(iter_flow(backend, [])) == []
+    parts = list(iter_flow(backend, [frames[:0], frames[:1], frames[:0], frames[1:]]))
     np.testing.assert_array_equal(np.concatenate(parts), backend(frames[:-1], frames[1:]))
     with pytest.raises(ValueError, match="after frames"):
-        list(F.iter_flow(backend, [frames, frames[:, :10]]))
+        list(iter_flow(backend, [frames, frames[:, :10]]))
     with pytest.raises(ValueError, match="batch"):
-        list(F.iter_flow(backend, [frames], batch=0))
+        list(iter_flow(backend, [frames], batch=0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,27 +208,27 @@ def check_round_trip(flow, decoded, storage, attrs, bound):
         assert np.abs(decoded - reference).max() <= np.abs(reference).max() * 2.0 ** -11 + 1e-6
     else:
         errors = np.linalg.norm(decoded - reference, axis=1).reshape(len(flow), -1).max(1)
-        limits = [F.rgb_error_bound(m) for m in attrs["max_norm"]]
+        limits = [C.rgb_error_bound(m) for m in attrs["max_norm"]]
         assert (errors <= limits).all(), (errors, limits)
 
 
-@pytest.mark.parametrize("storage", F.STORAGES)
+@pytest.mark.parametrize("storage", C.STORAGES)
 @pytest.mark.parametrize("bound", [20.0, 8.0])
 def test_storage_round_trip_in_memory(real_flow, storage, bound):
-    array, attrs = F.encode_flow(real_flow, storage, bound)
+    array, attrs = C.encode_flow(real_flow, storage, bound)
     expected_shape = real_flow.shape if storage != "rgb" else (len(real_flow), SIZE, SIZE, 3)
     assert array.shape == expected_shape
     assert array.dtype == {"uint8": np.uint8, "float16": np.float16, "rgb": np.uint8}[storage]
-    check_round_trip(real_flow, F.decode_flow(array, attrs), storage, attrs, bound)
+    check_round_trip(real_flow, C.decode_flow(array, attrs), storage, attrs, bound)
 
 
 def test_uint8_keeps_zero_exact_and_uses_the_generic_linear_decoder():
     flow = np.zeros((2, 2, 4, 5), np.float32)
     flow[0, 0, 0, :] = [-25, -20, 0, 20, 25]
-    codes, attrs = F.encode_flow(flow, "uint8", 20.0)
+    codes, attrs = C.encode_flow(flow, "uint8", 20.0)
     assert attrs["encoding"] == "linear"
     assert codes[1].min() == codes[1].max() == 128
-    decoded = F.decode_flow(codes, attrs)
+    decoded = C.decode_flow(codes, attrs)
     assert (decoded[1] == 0).all()
     np.testing.assert_allclose(decoded[0, 0, 0], [-20, -20, 0, 20, 20], atol=1e-5)
 
@@ -234,8 +237,8 @@ def test_rgb_worst_case_error_on_random_flow():
     rng = np.random.default_rng(0)
     flow = rng.uniform(-12, 12, (3, 2, 96, 96)).astype(np.float32)
     flow[2] *= 0.01  # tiny motion: the norm is still found
-    images, attrs = F.encode_flow(flow, "rgb", 20.0)
-    decoded = F.decode_flow(images, attrs)
+    images, attrs = C.encode_flow(flow, "rgb", 20.0)
+    decoded = C.decode_flow(images, attrs)
     check_round_trip(flow, decoded, "rgb", attrs, 20.0)
     assert attrs["max_norm"].dtype == np.float16
     assert (attrs["max_norm"].astype(np.float32) >= np.linalg.norm(flow, axis=1).reshape(3, -1).max(1)).all()
@@ -246,45 +249,46 @@ def test_rgb_looks_like_torchvision_flow_to_image(real_flow):
 
     for field in real_flow:
         theirs = flow_to_image(torch.from_numpy(np.ascontiguousarray(field))).permute(1, 2, 0).numpy()
-        ours = F.flow_to_color(field)
+        ours = C.flow_to_color(field)
         assert ours.shape == (SIZE, SIZE, 3) and ours.dtype == np.uint8
         assert np.abs(theirs.astype(int) - ours).max() <= 1
     # stored images (norm rounded up to float16) differ from the picture by at most a level
-    images, _ = F.encode_flow(real_flow[:2], "rgb", bound=1000.0)
-    assert np.abs(images.astype(int) - F.flow_to_color(real_flow[:2])).max() <= 1
-    fixed = F.flow_to_color(real_flow, max_norm=5.0)
+    images, _ = C.encode_flow(real_flow[:2], "rgb", bound=1000.0)
+    assert np.abs(images.astype(int) - C.flow_to_color(real_flow[:2])).max() <= 1
+    fixed = C.flow_to_color(real_flow, max_norm=5.0)
     assert fixed.shape == (3, SIZE, SIZE, 3)
 
 
-@pytest.mark.parametrize("storage", F.STORAGES)
+@pytest.mark.parametrize("storage", C.STORAGES)
 def test_storage_round_trip_through_the_store(tmp_path, real_flow, storage):
     stage = tmp_path / "cache" / "flow"
-    chunks, attrs = F.iter_encode_flow(iter([real_flow[:1], real_flow[1:]]), storage)
+    chunks, attrs = C.iter_encode_flow(iter([real_flow[:1], real_flow[1:]]), storage)
     with ShardWriter(stage, 0, ["v"], Provenance("flow", "dis", {"storage": storage})) as writer:
         writer.write("v", {"flow": chunks}, attrs={"flow": attrs})
         writer.commit()
     write_index(stage)
-    whole, whole_attrs = F.encode_flow(real_flow, storage)
+    whole, whole_attrs = C.encode_flow(real_flow, storage)
     if storage == "rgb":
         np.testing.assert_array_equal(attrs["max_norm"], whole_attrs["max_norm"])
     decoded = open_cache(tmp_path / "cache").read("v")["flow"]
-    np.testing.assert_array_equal(decoded, F.decode_flow(whole, whole_attrs))
-    check_round_trip(real_flow, decoded, storage, whole_attrs, F.DEFAULT_BOUND)
+    np.testing.assert_array_equal(decoded, C.decode_flow(whole, whole_attrs))
+    check_round_trip(real_flow, decoded, storage, whole_attrs, C.DEFAULT_BOUND)
 
 
-def test_rgb_is_read_without_importing_the_flow_module(tmp_path, real_flow):
-    images, attrs = F.encode_flow(real_flow, "rgb")
+def test_rgb_is_read_without_importing_the_flow_package(tmp_path, real_flow):
+    images, attrs = C.encode_flow(real_flow, "rgb")
     with ShardWriter(tmp_path / "flow", 0, ["v"], Provenance("flow", "dis", {})) as writer:
         writer.write("v", {"flow": images}, attrs={"flow": attrs})
         writer.commit()
-    np.save(tmp_path / "expected.npy", F.decode_flow(images, attrs))
+    np.save(tmp_path / "expected.npy", C.decode_flow(images, attrs))
     script = textwrap.dedent(f"""
         import sys, numpy as np
         from cslr_pipe.features.store import open_cache
-        assert "cslr_pipe.features.flow" not in sys.modules
+        assert not any(name.startswith("cslr_pipe.features.flow") for name in sys.modules)
         flow = open_cache({str(tmp_path)!r}).read("v")["flow"]
         np.testing.assert_array_equal(flow, np.load({str(tmp_path / 'expected.npy')!r}))
         assert "torch" not in sys.modules and "cv2" not in sys.modules
+        assert not any(name.startswith("cslr_pipe.features.flow") for name in sys.modules)
         print("ok", flow.shape)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
@@ -294,11 +298,11 @@ def test_rgb_is_read_without_importing_the_flow_module(tmp_path, real_flow):
 
 def test_encode_rejects_bad_input(real_flow):
     with pytest.raises(ValueError, match="storage"):
-        F.encode_flow(real_flow, "png")
+        C.encode_flow(real_flow, "png")
     with pytest.raises(ValueError, match="bound"):
-        F.encode_flow(real_flow, "uint8", bound=0)
+        C.encode_flow(real_flow, "uint8", bound=0)
     with pytest.raises(ValueError, match="flow"):
-        F.encode_flow(real_flow[:, :1])
+        C.encode_flow(real_flow[:, :1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,10 +325,10 @@ def raft_small_file(tmp_path_factory):
 
 
 def test_raft_padding():
-    assert F.raft_padding(70, 101) == (29, 29, 13, 14)  # -> 128 x 128
-    assert F.raft_padding(130, 97) == (3, 3, 15, 16)  # -> 136 x 128
-    assert F.raft_padding(224, 224) == (0, 0, 0, 0)
-    assert F.raft_padding(260, 210) == (2, 2, 3, 3)  # PHOENIX frames -> 264 x 216
+    assert raft_padding(70, 101) == (29, 29, 13, 14)  # -> 128 x 128
+    assert raft_padding(130, 97) == (3, 3, 15, 16)  # -> 136 x 128
+    assert raft_padding(224, 224) == (0, 0, 0, 0)
+    assert raft_padding(260, 210) == (2, 2, 3, 3)  # PHOENIX frames -> 264 x 216
 
 
 @pytest.mark.parametrize("height, width, pairs", [(70, 101, 2), (130, 97, 1)])
@@ -338,7 +342,7 @@ def test_raft_small_end_to_end_on_odd_sizes(photo, raft_small_file, height, widt
     assert flow.shape == (pairs, 2, height, width) and flow.dtype == np.float32
     assert np.isfinite(flow).all()
     # the same as torchvision's model on the edge-padded frames (all pairs in one pass), cropped back
-    top, bottom, left, right = F.raft_padding(height, width)
+    top, bottom, left, right = raft_padding(height, width)
     images = torch.from_numpy(np.concatenate([first, second])).permute(0, 3, 1, 2).float() / 127.5 - 1
     images = torch.nn.functional.pad(images, (left, right, top, bottom), mode="replicate")
     assert images.shape[-2] % 8 == 0 and images.shape[-1] % 8 == 0 and min(images.shape[-2:]) >= 128
@@ -397,7 +401,7 @@ def test_raft_weights_found_in_the_hub_cache_or_missing(tmp_path, monkeypatch, r
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     (checkpoints / "raft_small_C_T_V2-01064c6d.pth").write_bytes(raft_small_file[0].read_bytes())
-    assert F.RAFTSmall.locate_weights(None) == checkpoints / "raft_small_C_T_V2-01064c6d.pth"
+    assert RAFTSmall.locate_weights(None) == checkpoints / "raft_small_C_T_V2-01064c6d.pth"
     backend = F.build_flow_backend("raft-small", num_updates=1)
     assert backend.weights == checkpoints / "raft_small_C_T_V2-01064c6d.pth"
     with pytest.raises(ValueError, match="precision"):

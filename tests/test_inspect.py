@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from click.testing import CliRunner
 
-from cslr_pipe.features.flow import flow_color_wheel, flow_to_color
+from cslr_pipe.features.codecs import flow_color_wheel, flow_to_color
 from cslr_pipe.features.visualize import disc_legend
 from cslr_pipe.pipeline.cli import main
 from cslr_pipe.features.store import open_cache

@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from cslr_pipe.features.store import (CHUNK_BYTES, Provenance, ShardWriter, load_records, open_cache,
-                                      quantize_linear, write_index)
+from cslr_pipe.features.codecs import quantize_linear
+from cslr_pipe.features.store import CHUNK_BYTES, Provenance, ShardWriter, load_records, open_cache, write_index
 
 
 def provenance(**config) -> Provenance:
