@@ -19,9 +19,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import random
 import time
-import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -280,12 +280,13 @@ def open_event_writer(folder: Path):
     torch.utils.tensorboard, which needs the tensorboard package: 5.5 MB, plus grpcio (7.4 MB),
     tensorboard-data-server (6.6 MB), werkzeug, markdown and absl-py, about 20 MB of wheels. Its
     writes go through a queue to a thread: flush_secs=1 has each epoch's scalars on disk within a
-    second, close() (or the interpreter's exit) writes the rest. The random suffix keeps two
-    writers of the same second and host (a run resumed at once) out of each other's file.
+    second, close() (or the interpreter's exit) writes the rest. The suffix (nanoseconds, process)
+    keeps two writers of the same second and host (a run resumed at once) out of each other's file
+    and has TensorBoard, which reads the files in the order of their names, read them in order.
     """
     from tensorboardX import SummaryWriter  # imported by a run that writes events only
 
-    return SummaryWriter(str(folder), flush_secs=1, filename_suffix=f".{uuid.uuid4().hex[:8]}")
+    return SummaryWriter(str(folder), flush_secs=1, filename_suffix=f".{time.time_ns()}.{os.getpid()}")
 
 
 def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[str], None] = print,
