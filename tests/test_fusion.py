@@ -12,13 +12,14 @@ import pytest
 import torch
 from torch import nn
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.manifest import ManifestRow
+from cslr_pipe.training.alignment import ctc_forced_alignment
 from cslr_pipe.training.data import collate_padded
 from cslr_pipe.training.decoding import greedy_decode
 from cslr_pipe.training.models.ctc import TemporalConv
 from cslr_pipe.training.models.fusion import (AttentionFusion, ConvFusion, MLPFusion, alignment_ground_truth,
-                                              build_fusion, ctc_forced_alignment, multi_positive_contrastive,
-                                              segment_means)
+                                              build_fusion, multi_positive_contrastive, segment_means)
 from cslr_pipe.training.trainer import Run, TrainConfig, load_checkpoint, load_model, train
 from conftest import write_feature_cache
 
@@ -303,11 +304,11 @@ def overfit(net, batch, max_steps=120, every=10):
 
 
 def test_unknown_and_bad_options_are_errors():
-    with pytest.raises(ValueError, match="unknown fusion option.*fusoin.*known: .*fusion"):
+    with pytest.raises(InputError, match="unknown fusion option.*fusoin.*known: .*fusion"):
         model(fusoin="mlp")
-    with pytest.raises(ValueError, match="fusion must be one of"):
+    with pytest.raises(InputError, match="fusion must be one of"):
         model(fusion="sum")
-    with pytest.raises(ValueError, match="fusion_stages"):
+    with pytest.raises(InputError, match="fusion_stages"):
         model(fusion_stages=[1, 4])
     net = model(fusion="conv", fusion_stages="1,3")
     assert sorted(net.fusion) == ["1", "3"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.manifest import ManifestRow
 from cslr_pipe.training.data import collate_padded
 from cslr_pipe.training.decoding import greedy_decode
@@ -140,13 +141,13 @@ def test_overfits_a_tiny_batch(head):
 
 
 def test_needs_two_streams_and_known_options():
-    with pytest.raises(ValueError, match="exactly two streams"):
+    with pytest.raises(InputError, match="exactly two streams"):
         model(streams=["features.rgb"])
-    with pytest.raises(ValueError, match="exactly two streams"):
+    with pytest.raises(InputError, match="exactly two streams"):
         model(streams=["a", "b", "c"])
-    with pytest.raises(ValueError, match="unknown twostream option.*lambda_distil.*known"):
+    with pytest.raises(InputError, match="unknown twostream option.*lambda_distil.*known"):
         model(lambda_distil=1.0)
-    with pytest.raises(ValueError, match="decode must be"):
+    with pytest.raises(InputError, match="decode must be"):
         model(decode="average")
 
 

@@ -1,11 +1,15 @@
 """SignVTCL-style multi-stream fusion over cached feature sequences (../shared/papers/signvtcl-supplementary.md).
 
+Shapes: B batch, T steps, S streams (branches), D_s features of stream s, H hidden, T' steps after
+S3, L glosses of the longest label, C classes (blank 0).
+
 One branch per stream (``config.streams``, e.g. features.rgb, features.keypoint, features.flow). A
-branch is :class:`StreamEncoder`: an input projection (BatchNorm over the raw features, a 1x1 temporal
-convolution to ``hidden``, BatchNorm, ReLU) and the baseline's two temporal blocks (Conv1d kernel 5 without
-padding, BatchNorm, ReLU, MaxPool 2; :class:`TemporalConv`'s K5-P2-K5-P2, same output lengths). The
-streams are aligned in time as :func:`join_streams` does: zero-padded to the longest stream of the batch,
-lengths = the per-item maximum (flow has one step fewer than frames).
+branch is :class:`StreamEncoder` of :mod:`streams`: an input projection (BatchNorm over the raw features,
+a 1x1 temporal convolution to ``hidden``, BatchNorm, ReLU) and the baseline's two temporal blocks (Conv1d
+kernel 5 without padding, BatchNorm, ReLU, MaxPool 2; :class:`TemporalConv`'s K5-P2-K5-P2, same output
+lengths). The streams are aligned in time as :func:`join_streams` does (:func:`align_streams`):
+zero-padded to the longest stream of the batch, lengths = the per-item maximum (flow has one step fewer
+than frames).
 
 Fusion happens at up to three stages (``fusion_stages``, default all): S1 after the input projection, S2
 after the first and S3 after the second temporal block. With branch features f_1..f_S [B, T, H] (f^v,
@@ -51,13 +55,14 @@ Visual-textual alignment (optional, ``gloss_align`` / ``sentence_align``, defaul
 is a learned gloss embedding table E [num_classes, H] (the paper uses a text encoder):
 
 * gloss level: the fused sequence h [B, T', H] (BiLSTM output) is cut into one segment per gloss of the
-  label by the CTC Viterbi alignment (:func:`ctc_forced_alignment`, from the model's own detached
-  log-probs; uniform segments where the label does not fit), and each segment is averaged into a visual
-  gloss feature v_i. With t_j = E[y_j], the similarity matrix S_ij = cos(W v_i, t_j) / ``temperature``
-  of a sentence is matched to the ground truth G_ij = [y_i == y_j] (:func:`alignment_ground_truth`, 1 on
-  the diagonal and wherever a gloss repeats) by a multi-positive contrastive loss: the cross-entropy of
-  softmax(S_i.) against G_i. / sum(G_i.), over rows (visual -> text) and columns (text -> visual),
-  averaged (:func:`multi_positive_contrastive`). Losses ``gloss_align``, weight ``lambda_gloss``.
+  label by the CTC Viterbi alignment (:func:`ctc_forced_alignment` of :mod:`cslr_pipe.training.alignment`,
+  from the model's own detached log-probs; uniform segments where the label does not fit), and each
+  segment is averaged into a visual gloss feature v_i. With t_j = E[y_j], the similarity matrix
+  S_ij = cos(W v_i, t_j) / ``temperature`` of a sentence is matched to the ground truth G_ij = [y_i == y_j]
+  (:func:`alignment_ground_truth`, 1 on the diagonal and wherever a gloss repeats) by a multi-positive
+  contrastive loss: the cross-entropy of softmax(S_i.) against G_i. / sum(G_i.), over rows (visual ->
+  text) and columns (text -> visual), averaged (:func:`multi_positive_contrastive`). Losses
+  ``gloss_align``, weight ``lambda_gloss``.
 * sentence level: the valid-frame mean of h (projected) against the mean gloss embedding of the label
   (projected) across the batch, the same loss with G = [label_b == label_b'] (identical sentences in a
   batch are positives of each other). Loss ``sentence_align``, weight ``lambda_sentence``.
@@ -67,21 +72,25 @@ is a learned gloss embedding table E [num_classes, H] (the paper uses a text enc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
-from cslr_pipe.training.models.ctc import TemporalConv
+from cslr_pipe.features.errors import InputError
+from cslr_pipe.training.alignment import ctc_forced_alignment
 from cslr_pipe.training.models.layers import ctc_loss, padding_mask, sinusoidal
+from cslr_pipe.training.models.streams import StreamEncoder, align_streams, stage_lengths, zero_padding
+from cslr_pipe.training.options import checked_options
 
 FUSIONS = ("mlp", "conv", "attention", "none")
-MIN_LENGTH = 16  # the two K5-P2 blocks need T >= 16 to leave one step
 
 
 @dataclass
 class FusionConfig:
+    """The fusion model's options: how and where branches fuse, sizes, alignment and branch losses."""
+
     fusion: str = "mlp"               # mlp | conv | attention | none
     fusion_stages: tuple = (1, 2, 3)  # S1 input projection, S2 first block, S3 second block
     gate: bool = True                 # fused term times a learned scalar that starts at 0; False = plain sum
@@ -100,78 +109,23 @@ class FusionConfig:
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+            raise InputError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
         if self.merge not in ("concat", "sum"):
-            raise ValueError(f"merge must be 'concat' or 'sum', got {self.merge!r}")
+            raise InputError(f"merge must be 'concat' or 'sum', got {self.merge!r}")
         stages = self.fusion_stages
         if isinstance(stages, (int, str)):
             stages = [int(s) for s in str(stages).replace(",", " ").split()]
         self.fusion_stages = tuple(sorted({int(s) for s in stages}))
         if not set(self.fusion_stages) <= {1, 2, 3}:
-            raise ValueError(f"fusion_stages must be a subset of 1, 2, 3, got {list(self.fusion_stages)}")
+            raise InputError(f"fusion_stages must be a subset of 1, 2, 3, got {list(self.fusion_stages)}")
         if self.fusion == "attention" and self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+            raise InputError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
-            raise ValueError(f"conv_kernel must be odd and positive, got {self.conv_kernel}")
+            raise InputError(f"conv_kernel must be odd and positive, got {self.conv_kernel}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+            raise InputError(f"temperature must be positive, got {self.temperature}")
         if self.branch_ctc < 0:
-            raise ValueError(f"branch_ctc must be >= 0, got {self.branch_ctc}")
-
-
-def checked_options(name: str, config_class, options: dict):
-    """The model's config dataclass from ``options``; unknown keys are a ValueError listing the known."""
-    known = {f.name for f in fields(config_class)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(f"unknown {name} option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return config_class(**options)
-
-
-# ----------------------------------------------------------------------------------- streams, branches
-
-def align_streams(batch: dict, streams: list[str]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Each stream flattened after time [B, T, D_s], zero past its own length and padded to the longest
-    stream (and to at least MIN_LENGTH steps), and the lengths [B] (the per-item maximum over streams,
-    as :func:`join_streams`)."""
-    tensors = [batch["inputs"][s].flatten(2).float() for s in streams]
-    longest = max(MIN_LENGTH, *(t.shape[1] for t in tensors))
-    tensors = [zero_padding(nn.functional.pad(t, (0, 0, 0, longest - t.shape[1])), batch["stream_lengths"][s])
-               for s, t in zip(streams, tensors)]  # each stream zero past its own length
-    lengths = torch.stack([batch["stream_lengths"][s] for s in streams]).max(dim=0).values
-    return tensors, lengths
-
-
-def stage_lengths(lengths: torch.Tensor) -> list[torch.Tensor]:
-    """Valid steps after the input projection (S1), the first (S2) and the second block (S3)."""
-    first = ((lengths - 4) // 2).clamp(min=1)
-    return [lengths, first, TemporalConv.output_lengths(lengths)]
-
-
-def zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """[B, T, H] with the steps at and after ``lengths`` set to 0."""
-    return x.masked_fill(padding_mask(lengths, x.shape[1])[..., None], 0.0)
-
-
-def temporal_block(hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv1d(hidden, hidden, 5), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.MaxPool1d(2))
-
-
-class StreamEncoder(nn.Module):
-    """One branch: input projection and two temporal blocks, applied stage by stage on [B, T, *]."""
-
-    def __init__(self, input_dim: int, hidden: int):
-        super().__init__()
-        self.stages = nn.ModuleList([
-            nn.Sequential(nn.BatchNorm1d(input_dim),  # streams differ wildly in scale
-                          nn.Conv1d(input_dim, hidden, 1), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)),
-            temporal_block(hidden),
-            temporal_block(hidden),
-        ])
-
-    def stage(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        """Stage k (0, 1, 2) on [B, T, D] -> [B, T_k, H]."""
-        return self.stages[k](x.transpose(1, 2)).transpose(1, 2)
+            raise InputError(f"branch_ctc must be >= 0, got {self.branch_ctc}")
 
 
 # ---------------------------------------------------------------------------------------------- fusion
@@ -196,7 +150,7 @@ class MLPFusion(nn.Module):
         self.gate = Gate(gate)
 
     def forward(self, feats: list[torch.Tensor], lengths: torch.Tensor) -> list[torch.Tensor]:
-        fused = self.gate(self.mlp(torch.cat(feats, dim=-1)))  # (B, T, H)
+        fused = self.gate(self.mlp(torch.cat(feats, dim=-1)))  # (B, T, S*H) -> (B, T, H)
         return [f + fused for f in feats]
 
 
@@ -209,7 +163,8 @@ class ConvFusion(nn.Module):
         self.gate = Gate(gate)
 
     def forward(self, feats: list[torch.Tensor], lengths: torch.Tensor) -> list[torch.Tensor]:
-        fused = self.gate(self.conv(torch.cat(feats, dim=-1).transpose(1, 2)).transpose(1, 2))  # (B, T, H)
+        x = torch.cat(feats, dim=-1).transpose(1, 2)  # (B, S*H, T)
+        fused = self.gate(self.conv(x).transpose(1, 2))  # (B, H, T) -> (B, T, H)
         return [f + fused for f in feats]
 
 
@@ -222,7 +177,7 @@ class CrossAttention(nn.Module):
         self.attention = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        position = sinusoidal(torch.arange(query.shape[1], device=query.device), query.shape[-1])
+        position = sinusoidal(torch.arange(query.shape[1], device=query.device), query.shape[-1])  # (T, H)
         q, kv = self.norm_q(query), self.norm_kv(memory)
         out, _ = self.attention(q + position, kv + position, kv, key_padding_mask=pad, need_weights=False)
         return out
@@ -238,8 +193,8 @@ class AttentionFusion(nn.Module):
         self.gate = Gate(gate)
 
     def forward(self, feats: list[torch.Tensor], lengths: torch.Tensor) -> list[torch.Tensor]:
-        pad = padding_mask(lengths, feats[0].shape[1])
-        fused = [torch.zeros_like(f) for f in feats]
+        pad = padding_mask(lengths, feats[0].shape[1])  # (B, T)
+        fused = [torch.zeros_like(f) for f in feats]  # (B, T, H) each
         for (s, r), attend in zip(self.pairs, self.attend):
             fused[s] = fused[s] + attend(feats[s], feats[r], pad)  # (B, T, H)
         return [f + self.gate(m) for f, m in zip(feats, fused)]
@@ -255,70 +210,18 @@ def make_fusion(c: FusionConfig, branches: int) -> nn.Module:
 
 # ----------------------------------------------------------------------------------- alignment losses
 
-@torch.no_grad()
-def ctc_forced_alignment(log_probs: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
-                         label_lengths: torch.Tensor) -> torch.Tensor:
-    """The CTC Viterbi path: [B, T] index of the label position each frame emits, -1 for blank and padding.
-
-    Labels are concatenated (the batch convention). Where a label cannot fit its sequence (T too short
-    for its glosses and repeats) the frames are cut into uniform segments instead (a gloss may then get
-    none when T < L).
-    """
-    log_probs = log_probs.float()
-    batch, steps, _ = log_probs.shape
-    device = log_probs.device
-    targets = pad_sequence(labels.split(label_lengths.tolist()), batch_first=True).to(device)  # (B, L)
-    if targets.numel() == 0:
-        return torch.full((batch, steps), -1, dtype=torch.long, device=device)
-    states = 2 * targets.shape[1] + 1
-    ext = torch.zeros(batch, states, dtype=torch.long, device=device)
-    ext[:, 1::2] = targets
-    skip = torch.zeros(batch, states, dtype=torch.bool, device=device)
-    skip[:, 2:] = (ext[:, 2:] != 0) & (ext[:, 2:] != ext[:, :-2])
-    valid = torch.arange(states, device=device) < (2 * label_lengths.to(device) + 1)[:, None]
-    emit = log_probs.gather(2, ext[:, None, :].expand(batch, steps, states))  # (B, T, S)
-    neg = torch.tensor(float("-inf"), device=device)
-    alpha = torch.full((batch, states), float("-inf"), device=device)
-    alpha[:, :2] = emit[:, 0, :2]
-    alpha = alpha.masked_fill(~valid, float("-inf"))
-    back = torch.zeros(batch, steps, states, dtype=torch.long, device=device)
-    lengths = lengths.to(device)
-    for t in range(1, steps):
-        prev1 = torch.cat([alpha.new_full((batch, 1), float("-inf")), alpha[:, :-1]], 1)
-        prev2 = torch.cat([alpha.new_full((batch, 2), float("-inf")), alpha[:, :-2]], 1)
-        best, arg = torch.stack([alpha, prev1, torch.where(skip, prev2, neg)], -1).max(-1)
-        step = (best + emit[:, t]).masked_fill(~valid, float("-inf"))
-        active = (t < lengths)[:, None]
-        alpha = torch.where(active, step, alpha)
-        back[:, t] = torch.where(active, arg, 0)  # inactive steps stay put when backtracking
-    last = 2 * label_lengths.to(device)
-    rows = torch.arange(batch, device=device)
-    end_blank, end_label = alpha[rows, last], alpha[rows, (last - 1).clamp(min=0)]
-    state = torch.where(end_label > end_blank, last - 1, last)
-    feasible = torch.isfinite(torch.maximum(end_blank, end_label)) & (label_lengths.to(device) > 0)
-    path = torch.zeros(batch, steps, dtype=torch.long, device=device)
-    for t in range(steps - 1, -1, -1):
-        path[:, t] = state
-        state = (state - back[rows, t, state]).clamp(min=0)
-    position = torch.where(path % 2 == 1, (path - 1) // 2, -1)
-    time = torch.arange(steps, device=device)[None]
-    uniform = (time * label_lengths.to(device)[:, None]) // lengths[:, None].clamp(min=1)
-    position = torch.where(feasible[:, None], position, uniform)
-    return position.masked_fill((time >= lengths[:, None]) | (label_lengths.to(device)[:, None] == 0), -1)
-
-
 def segment_means(h: torch.Tensor, position: torch.Tensor, num_glosses: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of the frames of h [B, T, H] aligned to each label position: [B, L, H], and counts [B, L]."""
-    onehot = nn.functional.one_hot(position.clamp(min=0), num_glosses).to(h.dtype)
+    onehot = nn.functional.one_hot(position.clamp(min=0), num_glosses).to(h.dtype)  # (B, T, L)
     onehot = onehot * (position >= 0)[..., None].to(h.dtype)  # (B, T, L)
-    counts = onehot.sum(1)
-    return onehot.transpose(1, 2) @ h / counts.clamp(min=1)[..., None], counts
+    counts = onehot.sum(1)  # (B, L)
+    return onehot.transpose(1, 2) @ h / counts.clamp(min=1)[..., None], counts  # (B, L, H), (B, L)
 
 
 def alignment_ground_truth(glosses: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """G [..., L, L]: 1 where the glosses of row and column are the same gloss (the diagonal and every
     repeat), 0 elsewhere and on invalid rows / columns (``valid`` [..., L])."""
-    g = (glosses[..., :, None] == glosses[..., None, :]).float()
+    g = (glosses[..., :, None] == glosses[..., None, :]).float()  # (..., L, L)
     if valid is not None:
         g = g * valid[..., :, None].float() * valid[..., None, :].float()
     return g
@@ -359,12 +262,12 @@ class TextAlignment(nn.Module):
     def gloss_loss(self, h: torch.Tensor, lengths: torch.Tensor, log_probs: torch.Tensor, batch: dict) -> torch.Tensor:
         labels, label_lengths = batch["labels"], batch["label_lengths"]
         targets = pad_sequence(labels.split(label_lengths.tolist()), batch_first=True)  # (B, L)
-        position = ctc_forced_alignment(log_probs.detach(), lengths, labels, label_lengths)
-        visual, counts = segment_means(h.float(), position, targets.shape[1])
-        text_valid = torch.arange(targets.shape[1], device=h.device) < label_lengths[:, None]
+        position = ctc_forced_alignment(log_probs.detach(), lengths, labels, label_lengths)  # (B, T')
+        visual, counts = segment_means(h.float(), position, targets.shape[1])  # (B, L, H), (B, L)
+        text_valid = torch.arange(targets.shape[1], device=h.device) < label_lengths[:, None]  # (B, L)
         visual_valid = text_valid & (counts > 0)
-        v = nn.functional.normalize(self.gloss_visual(visual), dim=-1)
-        t = nn.functional.normalize(self.embed(targets).float(), dim=-1)
+        v = nn.functional.normalize(self.gloss_visual(visual), dim=-1)  # (B, L, H)
+        t = nn.functional.normalize(self.embed(targets).float(), dim=-1)  # (B, L, H)
         sim = v @ t.transpose(1, 2) / self.config.temperature  # (B, L, L)
         g = alignment_ground_truth(targets) * visual_valid[..., :, None] * text_valid[..., None, :]
         return multi_positive_contrastive(sim, g, visual_valid, text_valid)
@@ -372,14 +275,14 @@ class TextAlignment(nn.Module):
     def sentence_loss(self, h: torch.Tensor, lengths: torch.Tensor, batch: dict) -> torch.Tensor:
         labels, label_lengths = batch["labels"], batch["label_lengths"]
         targets = pad_sequence(labels.split(label_lengths.tolist()), batch_first=True)  # (B, L)
-        frames = (~padding_mask(lengths, h.shape[1]))[..., None].float()
-        visual = (h.float() * frames).sum(1) / frames.sum(1).clamp(min=1)
+        frames = (~padding_mask(lengths, h.shape[1]))[..., None].float()  # (B, T', 1)
+        visual = (h.float() * frames).sum(1) / frames.sum(1).clamp(min=1)  # (B, H)
         glosses = (torch.arange(targets.shape[1], device=h.device) < label_lengths[:, None])[..., None].float()
-        text = (self.embed(targets).float() * glosses).sum(1) / glosses.sum(1).clamp(min=1)
+        text = (self.embed(targets).float() * glosses).sum(1) / glosses.sum(1).clamp(min=1)  # (B, L, H) -> (B, H)
         v = nn.functional.normalize(self.sentence_visual(visual), dim=-1)
         t = nn.functional.normalize(self.sentence_text(text), dim=-1)
         sim = v @ t.T / self.config.temperature  # (B, B)
-        same = (targets[:, None] == targets[None]).all(-1) & (label_lengths[:, None] == label_lengths[None])
+        same = (targets[:, None] == targets[None]).all(-1) & (label_lengths[:, None] == label_lengths[None])  # (B, B)
         every = torch.ones(len(label_lengths), dtype=torch.bool, device=h.device)
         return multi_positive_contrastive(sim, same.float(), every, every)
 
@@ -411,26 +314,29 @@ class FusionRecognizer(nn.Module):
 
     def encode_branches(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """h and its lengths as :meth:`encode`, and every branch's features after S3 [B, T', H]."""
-        feats, lengths = align_streams(batch, self.streams)
+        feats, lengths = align_streams(batch, self.streams)  # (B, T, D_s) per stream, (B,)
         for k, valid in enumerate(stage_lengths(lengths)):
-            feats = [branch.stage(k, f) for branch, f in zip(self.branches, feats)]
+            feats = [branch.stage(k, f) for branch, f in zip(self.branches, feats)]  # (B, T_k, H) per stream
             valid = valid.clamp(max=feats[0].shape[1])
             if str(k + 1) in self.fusion:
                 feats = self.fusion[str(k + 1)]([zero_padding(f, valid) for f in feats], valid)
-        merged = torch.cat(feats, -1) if self.config.merge == "concat" else torch.stack(feats).sum(0)
+        if self.config.merge == "concat":
+            merged = torch.cat(feats, -1)  # (B, T', S*H)
+        else:
+            merged = torch.stack(feats).sum(0)  # (B, T', H)
         packed = pack_padded_sequence(merged, valid.cpu(), batch_first=True, enforce_sorted=False)
         h, _ = self.lstm(packed)
-        h, _ = pad_packed_sequence(h, batch_first=True, total_length=int(valid.max()))
+        h, _ = pad_packed_sequence(h, batch_first=True, total_length=int(valid.max()))  # (B, T', H)
         return self.dropout(h), valid, [f[:, :h.shape[1]] for f in feats]
 
     def recognize(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         h, lengths = self.encode(batch)
-        return self.classifier(h).log_softmax(-1), lengths
+        return self.classifier(h).log_softmax(-1), lengths  # (B, T', C), (B,)
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         c = self.config
         h, lengths, branches = self.encode_branches(batch)
-        log_probs = self.classifier(h).float().log_softmax(-1)
+        log_probs = self.classifier(h).float().log_softmax(-1)  # (B, T', C)
         ctc = ctc_loss(log_probs, lengths, batch)
         losses = {"loss": ctc, "ctc": ctc}
         if self.branch_classifiers:

@@ -1,8 +1,11 @@
 """TwoStream-SLR over cached feature sequences (Chen et al. 2022; ../shared/papers/twostream-slr-notes-zh.md).
 
+Shapes: B batch, T steps, D_s features of stream s, H hidden, T_k steps after stage k, T' = T_2 steps
+after the second temporal block, C classes (blank 0).
+
 Two streams, ``config.streams`` = [video, keypoint] (e.g. features.rgb, features.keypoint; exactly two),
 aligned in time as in :mod:`fusion` (zero-padded to the longer stream). The paper's S3D encoders become
-the per-stream :class:`StreamEncoder` of :mod:`fusion` (input projection, two K5-P2 temporal blocks;
+the per-stream :class:`StreamEncoder` of :mod:`streams` (input projection, two K5-P2 temporal blocks;
 not shared between the streams).
 
 * Bidirectional lateral connections (``lateral``, default on): after the input projection and after the
@@ -37,15 +40,18 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from cslr_pipe.training.models.fusion import (StreamEncoder, align_streams, checked_options, stage_lengths,
-                                              zero_padding)
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.training.models.layers import ctc_loss, padding_mask
+from cslr_pipe.training.models.streams import StreamEncoder, align_streams, stage_lengths, zero_padding
+from cslr_pipe.training.options import checked_options
 
 HEADS = ("video", "keypoint", "joint")
 
 
 @dataclass
 class TwoStreamConfig:
+    """TwoStream-SLR's options: sizes, head network, lateral connections, loss weights, decoded head."""
+
     hidden: int = 512
     head: str = "conv"           # conv (the paper's head network) | lstm (the baseline's BiLSTM)
     lstm_layers: int = 2         # head="lstm"
@@ -57,23 +63,23 @@ class TwoStreamConfig:
 
     def __post_init__(self):
         if self.head not in ("conv", "lstm"):
-            raise ValueError(f"head must be 'conv' or 'lstm', got {self.head!r}")
+            raise InputError(f"head must be 'conv' or 'lstm', got {self.head!r}")
         if self.decode not in ("ensemble", *HEADS):
-            raise ValueError(f"decode must be one of ensemble, {', '.join(HEADS)}, got {self.decode!r}")
+            raise InputError(f"decode must be one of ensemble, {', '.join(HEADS)}, got {self.decode!r}")
         if self.lambda_distill < 0 or self.aux_ctc < 0:
-            raise ValueError("lambda_distill and aux_ctc must be >= 0")
+            raise InputError("lambda_distill and aux_ctc must be >= 0")
 
 
 def ensemble_log_probs(log_probs: list[torch.Tensor]) -> torch.Tensor:
     """log of the average of the heads' probabilities, each [B, T, C]."""
-    stacked = torch.stack([lp.float() for lp in log_probs])
-    return torch.logsumexp(stacked, 0) - torch.log(torch.tensor(float(len(log_probs))))
+    stacked = torch.stack([lp.float() for lp in log_probs])  # (heads, B, T, C)
+    return torch.logsumexp(stacked, 0) - torch.log(torch.tensor(float(len(log_probs))))  # (B, T, C)
 
 
 def self_distillation_loss(log_probs: list[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
     """Sum over heads of the mean over valid frames of KL(p_ensemble || p_head), the ensemble detached."""
-    teacher = ensemble_log_probs(log_probs).detach()
-    valid = (~padding_mask(lengths, teacher.shape[1])).float()
+    teacher = ensemble_log_probs(log_probs).detach()  # (B, T, C)
+    valid = (~padding_mask(lengths, teacher.shape[1])).float()  # (B, T)
     total = teacher.new_zeros(())
     for lp in log_probs:
         kl = (teacher.exp() * (teacher - lp.float())).sum(-1)  # (B, T)
@@ -94,11 +100,15 @@ class ConvHead(nn.Module):
         self.classifier = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.norm(self.project(x).transpose(1, 2)).transpose(1, 2))
-        x = torch.relu(self.conv1(zero_padding(x, lengths).transpose(1, 2)).transpose(1, 2))
-        x = self.conv2(zero_padding(x, lengths).transpose(1, 2)).transpose(1, 2)
+        """[B, T, D] (D = H, or 2 H for the joint head) and lengths [B] -> log-probs [B, T, C]."""
+        x = self.project(x).transpose(1, 2)  # (B, H, T): BatchNorm1d and Conv1d take channels first
+        x = torch.relu(self.norm(x)).transpose(1, 2)  # (B, T, H)
+        x = zero_padding(x, lengths).transpose(1, 2)  # (B, H, T)
+        x = torch.relu(self.conv1(x)).transpose(1, 2)  # (B, T, H)
+        x = zero_padding(x, lengths).transpose(1, 2)  # (B, H, T)
+        x = self.conv2(x).transpose(1, 2)  # (B, T, H)
         x = torch.relu(self.translate(x))
-        return self.classifier(self.dropout(x)).float().log_softmax(-1)
+        return self.classifier(self.dropout(x)).float().log_softmax(-1)  # (B, T, C)
 
 
 class LSTMHead(nn.Module):
@@ -112,10 +122,11 @@ class LSTMHead(nn.Module):
         self.classifier = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] (D = H, or 2 H for the joint head) and lengths [B] -> log-probs [B, T, C]."""
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         h, _ = self.lstm(packed)
-        h, _ = pad_packed_sequence(h, batch_first=True, total_length=x.shape[1])
-        return self.classifier(self.dropout(h)).float().log_softmax(-1)
+        h, _ = pad_packed_sequence(h, batch_first=True, total_length=x.shape[1])  # (B, T, H)
+        return self.classifier(self.dropout(h)).float().log_softmax(-1)  # (B, T, C)
 
 
 class Pyramid(nn.Module):
@@ -127,9 +138,11 @@ class Pyramid(nn.Module):
         self.classifier = nn.Linear(hidden, num_classes)
 
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-        up = self.up(high.transpose(1, 2)).transpose(1, 2)[:, :low.shape[1]]
-        up = nn.functional.pad(up, (0, 0, 0, low.shape[1] - up.shape[1]))
-        return self.classifier(low + up).float().log_softmax(-1)
+        """The first block's features [B, T_1, H] and the second's [B, T_2, H] -> log-probs [B, T_1, C]."""
+        up = self.up(high.transpose(1, 2))  # (B, H, 2 T_2)
+        up = up.transpose(1, 2)[:, :low.shape[1]]  # (B, min(2 T_2, T_1), H)
+        up = nn.functional.pad(up, (0, 0, 0, low.shape[1] - up.shape[1]))  # (B, T_1, H)
+        return self.classifier(low + up).float().log_softmax(-1)  # (B, T_1, C)
 
 
 class TwoStreamRecognizer(nn.Module):
@@ -154,10 +167,10 @@ class TwoStreamRecognizer(nn.Module):
 
     def encode(self, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Per stream, the outputs of the three stages; and the valid lengths of each stage."""
-        feats, lengths = align_streams(batch, self.streams)
+        feats, lengths = align_streams(batch, self.streams)  # (B, T, D_s) per stream, (B,)
         outputs, valids = [], []
         for k, valid in enumerate(stage_lengths(lengths)):
-            feats = [encoder.stage(k, f) for encoder, f in zip(self.encoders, feats)]
+            feats = [encoder.stage(k, f) for encoder, f in zip(self.encoders, feats)]  # (B, T_k, H) per stream
             valid = valid.clamp(max=feats[0].shape[1])
             if self.config.lateral and k < 2:
                 video, keypoint = (zero_padding(f, valid) for f in feats)
@@ -172,7 +185,7 @@ class TwoStreamRecognizer(nn.Module):
         lengths = valids[-1]
         return {"video": self.heads["video"](video, lengths),
                 "keypoint": self.heads["keypoint"](keypoint, lengths),
-                "joint": self.heads["joint"](torch.cat([video, keypoint], -1), lengths)}
+                "joint": self.heads["joint"](torch.cat([video, keypoint], -1), lengths)}  # (B, T', C) each
 
     def recognize(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         outputs, valids = self.encode(batch)
@@ -203,6 +216,6 @@ class TwoStreamRecognizer(nn.Module):
 def build_twostream(config, input_dims: dict[str, int], num_classes: int) -> TwoStreamRecognizer:
     c = checked_options("twostream", TwoStreamConfig, config.model_options)
     if len(config.streams) != 2:
-        raise ValueError(f"twostream needs exactly two streams (video, keypoint), got {len(config.streams)}: "
+        raise InputError(f"twostream needs exactly two streams (video, keypoint), got {len(config.streams)}: "
                          f"{', '.join(config.streams)}")
     return TwoStreamRecognizer(config.streams, input_dims, num_classes, c)
