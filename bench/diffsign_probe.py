@@ -22,10 +22,11 @@ import torch
 
 from cslr_pipe.pipeline.cli import parse_options
 from cslr_pipe.features.manifest import read_vocabulary
+from cslr_pipe.training.models.diffsign import SIZES
 from cslr_pipe.training.trainer import (Run, TrainConfig, build_model, evaluate, input_dims, make_loader,
                                         start_epoch)
 
-BASE = dict(hidden=128, heads=4, gloss_layers=1, decoder_layers=2, dit_layers=4, gloss_tokens=16, dropout=0.1)
+BASE = SIZES["cpu"]
 
 
 def fit(model, loader, steps: int, lr: float, first_epoch: int, every: int = 0, report=None) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.store import Provenance, ShardWriter
 from cslr_pipe.features.manifest import ManifestRow, build_vocabulary, write_manifest, write_vocabulary
 from cslr_pipe.training.data import collate_padded
@@ -162,7 +163,7 @@ def test_trains_with_the_trainer_and_reloads(feature_corpus, tmp_path):
 
 
 def test_unknown_option_is_an_error():
-    with pytest.raises(ValueError, match="unknown acdr option.*lamda_rec"):
+    with pytest.raises(InputError, match="unknown acdr option.*lamda_rec"):
         model(lamda_rec=1.0)
-    with pytest.raises(ValueError, match="mask_ratio"):
+    with pytest.raises(InputError, match="mask_ratio"):
         model(mask_ratio=1.5)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.weights import CheckpointError
 from cslr_pipe.training.decoding import greedy_decode
 from cslr_pipe.training.evaluation import evaluate_checkpoint
@@ -273,7 +274,7 @@ def test_ablation_switches_turn_losses_off():
     model.set_phase("stage2")
     losses = model(make_batch(2))
     assert float(losses["rsm"]) == 0 and float(losses["gfe"]) == 0
-    with pytest.raises(ValueError, match="unknown diffsign option"):
+    with pytest.raises(InputError, match="unknown diffsign option"):
         make_model(dit_depth=3)
 
 

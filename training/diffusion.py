@@ -12,7 +12,8 @@ Conventions
 -----------
 * Timesteps are 0-indexed like diffusers: index ``t`` in ``0..num_steps-1`` is the paper's step ``t + 1``
   (``betas[0]`` is the paper's beta_1). Every method takes a ``[B]`` tensor of timesteps (an int is
-  broadcast) and tensors of any trailing shape ``[B, ...]``.
+  broadcast) and tensors of any trailing shape ``[B, ...]``. Shapes: B batch, T = ``num_steps`` (the
+  schedule's buffers are [T]), k sampling steps; ``...`` whatever follows the batch (DiffSign: N', D).
 * The schedule is built and kept in float64 (buffers, also after ``.to(dtype)``/``.half()``); the
   per-sample coefficients are formed in float64 and the arithmetic runs in float32 (float64 inputs stay
   float64), so bf16/fp16 model outputs under autocast are upcast, and results are float32.
@@ -62,6 +63,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from cslr_pipe.features.errors import InputError
+
 PREDICTIONS = ("epsilon", "x0")
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
 SCHEDULES = ("linear", "cosine")
@@ -69,6 +72,8 @@ SCHEDULES = ("linear", "cosine")
 
 @dataclass
 class DiffusionConfig:
+    """The noise schedule (T, betas), what the denoiser predicts and the ancestral step's variance."""
+
     num_steps: int = 1000           # T
     beta_start: float = 1e-4        # beta_1
     beta_end: float = 0.02          # beta_T (DDPM default; DiffSign states 0.99, see the module docstring)
@@ -78,14 +83,14 @@ class DiffusionConfig:
 
     def __post_init__(self):
         if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+            raise InputError(f"num_steps must be >= 1, got {self.num_steps}")
         if not 0.0 < self.beta_start <= self.beta_end < 1.0:
-            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
+            raise InputError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
         for name, value, allowed in (("schedule", self.schedule, SCHEDULES),
                                      ("prediction", self.prediction, PREDICTIONS),
                                      ("variance_type", self.variance_type, VARIANCE_TYPES)):
             if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+                raise InputError(f"{name} must be one of {allowed}, got {value!r}")
 
     @classmethod
     def diffsign(cls, **overrides) -> "DiffusionConfig":
@@ -97,7 +102,7 @@ class DiffusionConfig:
 
 
 def make_betas(config: DiffusionConfig) -> torch.Tensor:
-    """beta_1..beta_T in float64."""
+    """beta_1..beta_T [T] in float64."""
     T = config.num_steps
     if config.schedule == "linear":
         return torch.linspace(config.beta_start, config.beta_end, T, dtype=torch.float64)
@@ -143,12 +148,12 @@ class GaussianDiffusion(nn.Module):
     # ------------------------------------------------------------------ helpers
     def _timesteps(self, t, x: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device)
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t  # (B,)
         return t.to(device=self.betas.device, dtype=torch.long)
 
     def _coef(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-sample float64 coefficients [B] -> [B, 1, ..., 1] in x's dtype and device."""
-        return values.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        return values.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))  # (B, 1, ..., 1)
 
     def _gather(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self._coef(getattr(self, name)[t], x)
@@ -174,7 +179,7 @@ class GaussianDiffusion(nn.Module):
             if len(generator) != like.shape[0]:
                 raise ValueError(f"{len(generator)} generators for a batch of {like.shape[0]}")
             return torch.stack([torch.randn(like.shape[1:], generator=g, device=g.device, dtype=like.dtype)
-                                for g in generator]).to(like.device)
+                                for g in generator]).to(like.device)  # B x (...) -> (B, ...)
         return torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
 
     # ------------------------------------------------------------------ forward process
@@ -210,7 +215,7 @@ class GaussianDiffusion(nn.Module):
         """(t [B] uniform over 0..T-1, noise, x_t) for one training step; regress ``prediction_target``."""
         x0 = self._f32(x0)
         device = generator.device if generator is not None else x0.device
-        t = torch.randint(0, self.num_steps, (x0.shape[0],), generator=generator, device=device).to(x0.device)
+        t = torch.randint(0, self.num_steps, (x0.shape[0],), generator=generator, device=device).to(x0.device)  # (B,)
         noise = self._randn(x0, generator)
         return t, noise, self.q_sample(x0, t, noise)
 
@@ -257,7 +262,7 @@ class GaussianDiffusion(nn.Module):
     def ddim_timesteps(self, k: int) -> torch.Tensor:
         """k descending timesteps, "trailing" spacing: round(T - i T / k) - 1, i = 0..k-1 (diffusers' DDIMScheduler)."""
         if not 1 <= k <= self.num_steps:
-            raise ValueError(f"DDIM steps must be in 1..{self.num_steps}, got {k}")
+            raise InputError(f"DDIM steps must be in 1..{self.num_steps}, got {k}")
         # exact rational arithmetic (round half to even, as numpy): diffusers' float np.arange can be off by one
         return torch.tensor([round(Fraction(self.num_steps * (k - i), k)) - 1 for i in range(k)], dtype=torch.long)
 
@@ -313,7 +318,7 @@ class GaussianDiffusion(nn.Module):
             raise ValueError(f"timesteps must descend within 0..{self.num_steps - 1}, got {timesteps}")
         trajectory = []
         for i, t in enumerate(timesteps):
-            tb = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+            tb = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)  # (B,)
             out = denoise_fn(x, tb)
             if ancestral:
                 x = self.p_sample_step(out, x, tb, generator=generator)

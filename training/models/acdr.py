@@ -24,6 +24,9 @@ Schedule: DDPM's linear betas 1e-4 -> 0.02 over ``num_steps=200`` steps, so alph
 h rather than a generator from labels alone (with 1000 steps half the sampled timesteps have SNR < 0.1
 and their losses barely depend on h).
 
+Shapes: B batch, T' steps of h (after the base's temporal convolutions), H hidden, L glosses of the
+longest label, S = 1 + L condition keys, C classes (blank 0); T alone is the number of diffusion steps.
+
 Inference (``recognize``, never reads labels):
 
 * ``refine_at_inference=False`` (default, the paper's plug-in): the refiner only shapes h during
@@ -36,24 +39,28 @@ Inference (``recognize``, never reads labels):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.training.diffusion import DiffusionConfig, GaussianDiffusion
 from cslr_pipe.training.models.ctc import CTCBaseline, CTCConfig, join_streams
 from cslr_pipe.training.models.layers import ctc_loss, padding_mask, sinusoidal
+from cslr_pipe.training.options import checked_options
 
 Conditions = tuple[torch.Tensor, torch.Tensor]  # memory [B, S, H], key padding mask [B, S] (True = padding)
 
 
 @dataclass
 class ACDRConfig:
-    hidden: int = 512
-    lstm_layers: int = 2
-    dropout: float = 0.2              # base model and refiner transformers
+    """ACDR's options: the base model's sizes (as ``ctc``'s), the refiner's, the diffusion and the loss weights."""
+
+    hidden: int = CTCConfig.hidden    # base model and refiner; the base's sizes default to the ctc baseline's
+    lstm_layers: int = CTCConfig.lstm_layers
+    dropout: float = CTCConfig.dropout  # base model and refiner transformers
     heads: int = 8
     condition_layers: int = 1         # transformer encoder layers over the gloss embeddings
     refiner_layers: int = 2           # layers of the noising encoder and of the denoising decoder (each)
@@ -66,7 +73,7 @@ class ACDRConfig:
 
     def __post_init__(self):
         if not (0.0 <= self.mask_ratio < 1.0 and 0.0 <= self.condition_dropout <= 1.0):
-            raise ValueError(f"need 0 <= mask_ratio < 1 and 0 <= condition_dropout <= 1, "
+            raise InputError(f"need 0 <= mask_ratio < 1 and 0 <= condition_dropout <= 1, "
                              f"got {self.mask_ratio}, {self.condition_dropout}")
 
 
@@ -91,20 +98,21 @@ class GlossConditions(nn.Module):
     def forward(self, labels: torch.Tensor, label_lengths: torch.Tensor, drop: torch.Tensor) -> Conditions:
         """``labels`` concatenated 1-D, ``label_lengths`` [B]; rows where ``drop`` [B] keep only the null key."""
         glosses = pad_sequence(labels.split(label_lengths.tolist()), batch_first=True)  # (B, L)
-        positions = torch.arange(glosses.shape[1], device=glosses.device)
-        pad = positions >= label_lengths[:, None]
-        x = self.embed(glosses) + sinusoidal(positions, self.embed.embedding_dim)
-        x = self.encoder(x, src_key_padding_mask=pad).masked_fill(pad[..., None], 0.0)
-        null, null_pad = self.unconditional(glosses.shape[0])
-        return torch.cat([null, x], 1), torch.cat([null_pad, pad | drop[:, None]], 1)
+        positions = torch.arange(glosses.shape[1], device=glosses.device)  # (L,)
+        pad = positions >= label_lengths[:, None]  # (B, L)
+        x = self.embed(glosses) + sinusoidal(positions, self.embed.embedding_dim)  # (B, L, H)
+        x = self.encoder(x, src_key_padding_mask=pad).masked_fill(pad[..., None], 0.0)  # (B, L, H)
+        null, null_pad = self.unconditional(glosses.shape[0])  # (B, 1, H), (B, 1)
+        return torch.cat([null, x], 1), torch.cat([null_pad, pad | drop[:, None]], 1)  # (B, S, H), (B, S)
 
     def unconditional(self, batch_size: int) -> Conditions:
+        """The null condition alone: memory [B, 1, H] and its mask [B, 1] (nothing masked)."""
         return self.null.expand(batch_size, 1, -1), torch.zeros(batch_size, 1, dtype=torch.bool,
                                                                 device=self.null.device)
 
 
 class NoisingEncoder(nn.Module):
-    """x0 [B, T, H] -> diffusion-noised, partly masked frames that attended to the conditions."""
+    """x0 [B, T', H] -> diffusion-noised, partly masked frames that attended to the conditions."""
 
     def __init__(self, c: ACDRConfig):
         super().__init__()
@@ -114,15 +122,16 @@ class NoisingEncoder(nn.Module):
 
     def forward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, masked: torch.Tensor,
                 pad: torch.Tensor, conditions: Conditions) -> torch.Tensor:
-        x = self.diffusion.q_sample(x0, t, noise)
-        x = torch.where(masked[..., None], self.mask_token.to(x.dtype), x)
-        x = x + sinusoidal(torch.arange(x.shape[1], device=x.device), x.shape[-1])
-        memory, memory_pad = conditions
-        return self.layers(x, memory, tgt_key_padding_mask=pad, memory_key_padding_mask=memory_pad)
+        """x0 [B, T', H], t [B], noise [B, T', H], masked and pad [B, T'] (True = masked / padding)."""
+        x = self.diffusion.q_sample(x0, t, noise)  # (B, T', H)
+        x = torch.where(masked[..., None], self.mask_token.to(x.dtype), x)  # (B, T', H)
+        x = x + sinusoidal(torch.arange(x.shape[1], device=x.device), x.shape[-1])  # + (T', H)
+        memory, memory_pad = conditions  # (B, S, H), (B, S)
+        return self.layers(x, memory, tgt_key_padding_mask=pad, memory_key_padding_mask=memory_pad)  # (B, T', H)
 
 
 class DenoisingDecoder(nn.Module):
-    """Encoded noisy frames [B, T, H] and timesteps [B] -> the x0 prediction [B, T, H]."""
+    """Encoded noisy frames [B, T', H] and timesteps [B] -> the x0 prediction [B, T', H]."""
 
     def __init__(self, c: ACDRConfig):
         super().__init__()
@@ -131,9 +140,10 @@ class DenoisingDecoder(nn.Module):
         self.out = nn.Linear(c.hidden, c.hidden)
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, pad: torch.Tensor, conditions: Conditions) -> torch.Tensor:
-        z = z + self.time(sinusoidal(t, z.shape[-1]))[:, None]
-        memory, memory_pad = conditions
-        return self.out(self.layers(z, memory, tgt_key_padding_mask=pad, memory_key_padding_mask=memory_pad))
+        z = z + self.time(sinusoidal(t, z.shape[-1]))[:, None]  # (B, T', H) + (B, 1, H)
+        memory, memory_pad = conditions  # (B, S, H), (B, S)
+        z = self.layers(z, memory, tgt_key_padding_mask=pad, memory_key_padding_mask=memory_pad)  # (B, T', H)
+        return self.out(z)
 
 
 class ACDRRecognizer(nn.Module):
@@ -149,18 +159,19 @@ class ACDRRecognizer(nn.Module):
 
     def represent(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Base representations h [B, T', H], lengths [B] and the padding mask [B, T'] (True = padding)."""
-        h, lengths = self.base.encode(*join_streams(batch, self.streams))
+        h, lengths = self.base.encode(*join_streams(batch, self.streams))  # (B, T', H), (B,)
         return h, lengths, padding_mask(lengths, h.shape[1])
 
     def refine(self, h: torch.Tensor, pad: torch.Tensor, conditions: Conditions, t: torch.Tensor,
                noise: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise and denoise h: the refined h [B, T', H] and the reconstruction MSE over valid frames."""
-        valid = (~pad).unsqueeze(-1).float()
+        valid = (~pad).unsqueeze(-1).float()  # (B, T', 1)
         h = h.float()
-        scale = ((h.detach() ** 2 * valid).sum((1, 2)) / (valid.sum((1, 2)) * h.shape[-1])).sqrt()
-        scale = scale.clamp(min=1e-6)[:, None, None]
-        x0 = h / scale
-        x0_hat = self.decoder(self.encoder(x0, t, noise, masked, pad, conditions), t, pad, conditions).float()
+        scale = ((h.detach() ** 2 * valid).sum((1, 2)) / (valid.sum((1, 2)) * h.shape[-1])).sqrt()  # (B,)
+        scale = scale.clamp(min=1e-6)[:, None, None]  # (B, 1, 1)
+        x0 = h / scale  # (B, T', H)
+        z = self.encoder(x0, t, noise, masked, pad, conditions)  # (B, T', H)
+        x0_hat = self.decoder(z, t, pad, conditions).float()  # (B, T', H)
         rec = (((x0_hat - x0.detach()) ** 2) * valid).sum() / (valid.sum() * h.shape[-1])
         return x0_hat * scale, rec
 
@@ -173,10 +184,10 @@ class ACDRRecognizer(nn.Module):
         batch_size, steps = pad.shape
         drop_p = c.condition_dropout if (self.training and c.refine_at_inference) else 0.0
         drop = torch.rand(batch_size, device=h.device) < drop_p
-        conditions = self.conditions(batch["labels"], batch["label_lengths"], drop)
-        t = torch.randint(0, c.num_steps, (batch_size,), device=h.device)
-        noise = torch.randn(h.shape, device=h.device)
-        masked = (torch.rand(batch_size, steps, device=h.device) < c.mask_ratio) & ~pad
+        conditions = self.conditions(batch["labels"], batch["label_lengths"], drop)  # (B, S, H), (B, S)
+        t = torch.randint(0, c.num_steps, (batch_size,), device=h.device)  # (B,)
+        noise = torch.randn(h.shape, device=h.device)  # (B, T', H)
+        masked = (torch.rand(batch_size, steps, device=h.device) < c.mask_ratio) & ~pad  # (B, T')
         refined, rec = self.refine(h, pad, conditions, t, noise, masked)
         ctc, sem = self.ctc_loss(h, lengths, batch), self.ctc_loss(refined, lengths, batch)
         return {"loss": ctc + c.lambda_rec * rec + c.lambda_sem * sem, "ctc": ctc, "rec": rec, "sem": sem}
@@ -191,15 +202,11 @@ class ACDRRecognizer(nn.Module):
             t = torch.zeros(batch_size, dtype=torch.long, device=h.device)
             h, _ = self.refine(h, pad, self.conditions.unconditional(batch_size), t,
                                torch.zeros(h.shape, device=h.device), torch.zeros_like(pad))
-        return self.base.classifier(h).log_softmax(-1), lengths
+        return self.base.classifier(h).log_softmax(-1), lengths  # (B, T', C), (B,)
 
 
 def build_acdr(config, input_dims: dict[str, int], num_classes: int) -> ACDRRecognizer:
-    known = {f.name for f in fields(ACDRConfig)}
-    unknown = sorted(set(config.model_options) - known)
-    if unknown:
-        raise ValueError(f"unknown acdr option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    c = ACDRConfig(**config.model_options)
+    c = checked_options("acdr", ACDRConfig, config.model_options)
     base = CTCConfig(input_dim=sum(input_dims[s] for s in config.streams), hidden=c.hidden,
                      lstm_layers=c.lstm_layers, dropout=c.dropout, num_classes=num_classes)
     return ACDRRecognizer(config.streams, base, c)

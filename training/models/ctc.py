@@ -1,5 +1,8 @@
 """The CSLR baseline: temporal convolutions + BiLSTM + CTC classifier (as in VAC / CorrNet).
 
+Shapes: B batch, T steps, D features, H hidden, T' = ((T - 4) // 2 - 4) // 2 steps after the
+convolutions, C classes (blank 0).
+
 Input: a feature sequence [B, T, D] (any cached stream, or several concatenated along D) with
 lengths [B]. Two blocks of (Conv1d kernel 5, no padding, BatchNorm, ReLU, MaxPool 2) reduce T
 about four-fold and model local motion; a 2-layer BiLSTM models the sentence; a linear layer gives
@@ -15,10 +18,13 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cslr_pipe.training.models.layers import ctc_loss
+from cslr_pipe.training.options import checked_options
 
 
 @dataclass
 class CTCConfig:
+    """Sizes of the baseline; input_dim and num_classes come from the data, the rest are its options."""
+
     input_dim: int = 512
     hidden: int = 512
     lstm_layers: int = 2
@@ -38,10 +44,11 @@ class TemporalConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x)  # (B, D, T) -> (B, H, T')
 
     @staticmethod
     def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
+        """T' of each input length, at least 1."""
         return (((lengths - 4) // 2 - 4) // 2).clamp(min=1)
 
 
@@ -61,16 +68,16 @@ class CTCBaseline(nn.Module):
         """Sequence representations [B, T', H] and their lengths [B] (before the classifier)."""
         min_length = 16  # the convolutions need T >= 16 to leave one step
         if x.shape[1] < min_length:
-            x = nn.functional.pad(x, (0, 0, 0, min_length - x.shape[1]))
+            x = nn.functional.pad(x, (0, 0, 0, min_length - x.shape[1]))  # (B, 16, D)
         h = self.temporal(x.transpose(1, 2)).transpose(1, 2)  # (B, T', H)
-        out_lengths = TemporalConv.output_lengths(lengths).clamp(max=h.shape[1])
+        out_lengths = TemporalConv.output_lengths(lengths).clamp(max=h.shape[1])  # (B,)
         packed = pack_padded_sequence(h, out_lengths.cpu(), batch_first=True, enforce_sorted=False)
         h, _ = self.lstm(packed)
         h, _ = pad_packed_sequence(h, batch_first=True, total_length=int(out_lengths.max()))  # (B, T', H)
         return self.dropout(h), out_lengths
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h, out_lengths = self.encode(x, lengths)
+        h, out_lengths = self.encode(x, lengths)  # (B, T', H), (B,)
         return self.classifier(h).log_softmax(-1), out_lengths  # (B, T', C), (B,)
 
 
@@ -79,9 +86,9 @@ def join_streams(batch: dict, streams: list[str]) -> tuple[torch.Tensor, torch.T
     zero-padded to the longest stream; flow has one step fewer than frames) and lengths [B]."""
     tensors = [batch["inputs"][s].flatten(2).float() for s in streams]  # (B, T_s, D_s)
     longest = max(t.shape[1] for t in tensors)
-    tensors = [nn.functional.pad(t, (0, 0, 0, longest - t.shape[1])) for t in tensors]
-    lengths = torch.stack([batch["stream_lengths"][s] for s in streams]).max(dim=0).values
-    return torch.cat(tensors, dim=-1), lengths
+    tensors = [nn.functional.pad(t, (0, 0, 0, longest - t.shape[1])) for t in tensors]  # (B, T, D_s)
+    lengths = torch.stack([batch["stream_lengths"][s] for s in streams]).max(dim=0).values  # (B,)
+    return torch.cat(tensors, dim=-1), lengths  # (B, T, sum D_s), (B,)
 
 
 class CTCRecognizer(nn.Module):
@@ -103,6 +110,6 @@ class CTCRecognizer(nn.Module):
 
 
 def build_ctc(config, input_dims: dict[str, int], num_classes: int) -> CTCRecognizer:
-    options = {"hidden": 512, "lstm_layers": 2, "dropout": 0.2, **config.model_options}
-    return CTCRecognizer(config.streams, CTCConfig(input_dim=sum(input_dims[s] for s in config.streams),
-                                                   num_classes=num_classes, **options))
+    c = checked_options("ctc", CTCConfig, config.model_options,
+                        input_dim=sum(input_dims[s] for s in config.streams), num_classes=num_classes)
+    return CTCRecognizer(config.streams, c)

@@ -4,6 +4,10 @@ Follows "DiffSign" (../shared/papers/diffsign-diffusion-cslr.md, sections 3-4). 
 encoded to V [B, N, D]; the label to a fixed-length gloss feature sequence G [B, N', D]; a DiT generates
 G' from noise conditioned on V, and a transformer decoder turns G' into CTC log-probs.
 
+Shapes: B batch, N frames of V (after the visual encoder's temporal convolutions), N' gloss slots
+(``gloss_tokens``), D hidden, C classes (blank 0), S tokens of whatever the decoder reads (V, G or G'),
+L glosses of a label; T alone is the number of diffusion steps.
+
 * :class:`GlossEncoder` (the paper uses a module derived from mBART; this compact transformer is the
   documented substitute): the label is laid out on N' = ``gloss_tokens`` slots as
   ``[g1, sep, g2, sep, ..., gL, sep, pad, ...]`` (a label holds at most N'/2 glosses), embedded, with
@@ -74,31 +78,35 @@ noise come from one random stream seeded from (``sampling_seed``, its id), whate
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.training.decoding import greedy_decode
 from cslr_pipe.training.diffusion import DiffusionConfig, GaussianDiffusion
 from cslr_pipe.training.models.ctc import CTCBaseline, CTCConfig, join_streams
 from cslr_pipe.training.models.layers import ctc_loss, padding_mask, sinusoidal
+from cslr_pipe.training.options import checked_options
 
 PHASES = ("stage1", "stage2")
 
 
 @dataclass
 class DiffSignConfig:
+    """DiffSign's options (defaults: the paper's sizes); departures from the paper are marked."""
+
     hidden: int = 512                 # D
-    lstm_layers: int = 2              # visual encoder
+    lstm_layers: int = CTCConfig.lstm_layers  # visual encoder (the ctc baseline's)
     dropout: float = 0.1
     heads: int = 8
     gloss_tokens: int = 64            # N'
     gloss_layers: int = 2             # gloss encoder
     decoder_layers: int = 4           # the paper's decoder
     dit_layers: int = 12              # the paper's DiT
-    num_steps: int = 1000             # T
-    beta_end: float = 0.02            # 0.99 = the paper's schedule (see the module docstring)
+    num_steps: int = DiffusionConfig.num_steps  # T
+    beta_end: float = DiffusionConfig.beta_end  # DDPM's 0.02; 0.99 = the paper's schedule (see the module docstring)
     prediction: str = "x0"            # what the DiT predicts: "x0" (default) or "epsilon" (the paper)
     gamma: float = 10.0               # weight of L_DDM
     ddm_timesteps: str = "high"       # L_DDM's t: "high" (density rising linearly with t) or "uniform" (the paper)
@@ -131,9 +139,9 @@ class DiffSignConfig:
 
     def __post_init__(self):
         if self.gloss_tokens < 2 or not 0 <= self.stage1_fraction <= 1:
-            raise ValueError("need gloss_tokens >= 2 and 0 <= stage1_fraction <= 1")
+            raise InputError("need gloss_tokens >= 2 and 0 <= stage1_fraction <= 1")
         if not 1 <= self.train_sampling_steps <= self.num_steps or not 0 <= self.sampling_steps <= self.num_steps:
-            raise ValueError(f"sampling steps must be in 1..{self.num_steps} (0 = full DDPM at inference)")
+            raise InputError(f"sampling steps must be in 1..{self.num_steps} (0 = full DDPM at inference)")
         for name, value, allowed in (("stepwise_ctc", self.stepwise_ctc, ("x0", "state")),
                                      ("train_grid", self.train_grid, ("random", "fixed")),
                                      ("memory", self.memory, ("visual", "decoder")),
@@ -142,10 +150,11 @@ class DiffSignConfig:
                                      ("rsm_weights", self.rsm_weights, ("delta", "uniform")),
                                      ("ddm_timesteps", self.ddm_timesteps, ("uniform", "high"))):
             if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+                raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def encoder_layers(c: DiffSignConfig, layers: int) -> nn.TransformerEncoder:
+    """Pre-norm transformer encoder layers over [B, S, D], a final LayerNorm."""
     layer = nn.TransformerEncoderLayer(c.hidden, c.heads, 4 * c.hidden, c.dropout, batch_first=True, norm_first=True)
     return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(c.hidden), enable_nested_tensor=False)
 
@@ -167,15 +176,15 @@ class GlossEncoder(nn.Module):
         tokens = torch.full((len(label_lengths), self.slots), self.pad, dtype=torch.long, device=labels.device)
         for b, (glosses, video_id) in enumerate(zip(labels.split(label_lengths.tolist()), ids)):
             if 2 * len(glosses) > self.slots:
-                raise ValueError(f"{video_id}: {len(glosses)} glosses do not fit gloss_tokens={self.slots} "
+                raise InputError(f"{video_id}: {len(glosses)} glosses do not fit gloss_tokens={self.slots} "
                                  f"(at most {self.slots // 2}); raise the model option gloss_tokens")
             tokens[b, 0:2 * len(glosses):2] = glosses
             tokens[b, 1:2 * len(glosses):2] = self.separator
         return tokens
 
     def forward(self, labels: torch.Tensor, label_lengths: torch.Tensor, ids: list[str]) -> torch.Tensor:
-        tokens = self.layout(labels, label_lengths, ids)
-        return self.norm(self.layers(self.embed(tokens) + self.position))
+        tokens = self.layout(labels, label_lengths, ids)  # (B, N')
+        return self.norm(self.layers(self.embed(tokens) + self.position))  # (B, N', D)
 
 
 class Decoder(nn.Module):
@@ -193,6 +202,7 @@ class Decoder(nn.Module):
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x [B, S, D] scaled and shifted per sequence by [B, D]."""
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
@@ -207,14 +217,15 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor,
                 prior: torch.Tensor | None = None):
         """``prior`` [B, N', N]: added to every head's logits (the alignment prior), or None."""
-        q, k, v = self.q(x), self.k(memory), self.v(memory)
-        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731  (B, heads, S, d)
-        mask = ~memory_pad[:, None, None, :]
+        q, k, v = self.q(x), self.k(memory), self.v(memory)  # (B, N', D), (B, N, D), (B, N, D)
+        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731  (B, heads, S, D / heads)
+        mask = ~memory_pad[:, None, None, :]  # (B, 1, 1, N)
         if prior is not None:
-            mask = prior[:, None].to(q.dtype).masked_fill(~mask, float("-inf"))
-        attended = nn.functional.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
+            mask = prior[:, None].to(q.dtype).masked_fill(~mask, float("-inf"))  # (B, 1, N', N)
+        attended = nn.functional.scaled_dot_product_attention(split(q), split(k), split(v),
+                                                              attn_mask=mask)  # (B, heads, N', D / heads)
         head_dim = q.shape[-1] // self.heads
-        logits = q.float() @ k.float().transpose(1, 2) / (self.heads * head_dim ** 0.5)
+        logits = q.float() @ k.float().transpose(1, 2) / (self.heads * head_dim ** 0.5)  # (B, N', N)
         logits = logits if prior is None else logits + prior
         return self.out(attended.transpose(1, 2).flatten(2)), logits  # (B, N', D), (B, N', N)
 
@@ -232,16 +243,15 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(c.hidden, 4 * c.hidden), nn.GELU(approximate="tanh"),
                                  nn.Linear(4 * c.hidden, c.hidden))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(c.hidden, 6 * c.hidden))
-        nn.init.zeros_(self.ada[1].weight)
-        nn.init.zeros_(self.ada[1].bias)
 
     def forward(self, x, cond, memory, memory_pad, prior=None):
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond).chunk(6, dim=-1)
-        h = modulate(self.norm1(x), shift1, scale1)
-        x = x + gate1[:, None] * self.attn(h, h, h, need_weights=False)[0]
-        attended, similarity = self.cross(self.norm_cross(x), memory, memory_pad, prior)
+        """Tokens x [B, N', D], conditioning cond [B, D], memory [B, N, D] with its padding mask [B, N]."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond).chunk(6, dim=-1)  # (B, 6 D) -> 6 x (B, D)
+        h = modulate(self.norm1(x), shift1, scale1)  # (B, N', D)
+        x = x + gate1[:, None] * self.attn(h, h, h, need_weights=False)[0]  # (B, N', D)
+        attended, similarity = self.cross(self.norm_cross(x), memory, memory_pad, prior)  # (B, N', D), (B, N', N)
         x = x + attended
-        x = x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))  # (B, N', D)
         return x, similarity
 
 
@@ -265,27 +275,35 @@ class DiT(nn.Module):
         self.final_norm = nn.LayerNorm(c.hidden, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(c.hidden, 2 * c.hidden))
         self.final = nn.Linear(c.hidden, c.hidden)
-        for layer in (self.final_ada[1], self.final) + ((self.self_condition,) if c.self_condition else ()):
+        self.initialise()
+
+    def initialise(self) -> None:
+        """adaLN-Zero: every modulation, the output layer and the self-conditioning input start at 0, so
+        each block starts as the identity and the DiT's first prediction is 0 (the rest keep torch's init)."""
+        zeroed = [block.ada[1] for block in self.blocks] + [self.final_ada[1], self.final]
+        for layer in zeroed + ([self.self_condition] if self.self_condition is not None else []):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
     def forward(self, x, t, memory, memory_pad, previous_x0=None, prior=None):
-        valid = (~memory_pad).unsqueeze(-1).to(memory.dtype)
-        pooled = (memory * valid).sum(1) / valid.sum(1).clamp(min=1)
+        """x [B, N', D], t [B], memory [B, N, D] and its padding mask [B, N]; previous_x0 [B, N', D] or None,
+        prior [B, N', N] or None."""
+        valid = (~memory_pad).unsqueeze(-1).to(memory.dtype)  # (B, N, 1)
+        pooled = (memory * valid).sum(1) / valid.sum(1).clamp(min=1)  # (B, D)
         cond = self.time(sinusoidal(t, x.shape[-1])) + self.pooled(pooled)  # (B, D)
         x = x + self.position + self.slot_code  # (B, N', D)
         if self.self_condition is not None and previous_x0 is not None:
             x = x + self.self_condition(previous_x0)
         if self.null is not None:
             memory = torch.cat([self.null.expand(x.shape[0], 1, -1).to(memory.dtype), memory], 1)  # (B, 1 + N, D)
-            memory_pad = nn.functional.pad(memory_pad, (1, 0), value=False)
-            prior = None if prior is None else nn.functional.pad(prior, (1, 0))
+            memory_pad = nn.functional.pad(memory_pad, (1, 0), value=False)  # (B, 1 + N)
+            prior = None if prior is None else nn.functional.pad(prior, (1, 0))  # (B, N', 1 + N)
         similarity = None
         for block in self.blocks:
-            x, similarity = block(x, cond, memory, memory_pad, prior)
-        shift, scale = self.final_ada(cond).chunk(2, dim=-1)
+            x, similarity = block(x, cond, memory, memory_pad, prior)  # (B, N', D), (B, N', N or 1 + N)
+        shift, scale = self.final_ada(cond).chunk(2, dim=-1)  # 2 x (B, D)
         similarity = similarity if self.null is None else similarity[..., 1:]  # (B, N', N): frames only
-        return self.final(modulate(self.final_norm(x), shift, scale)), similarity
+        return self.final(modulate(self.final_norm(x), shift, scale)), similarity  # (B, N', D), (B, N', N)
 
 
 def gloss_contrastive_loss(logits: torch.Tensor, memory_pad: torch.Tensor, tau: float) -> torch.Tensor:
@@ -294,8 +312,8 @@ def gloss_contrastive_loss(logits: torch.Tensor, memory_pad: torch.Tensor, tau: 
     ``logits`` [B, N', N] (tokens x embeddings), ``memory_pad`` [B, N] True on padding.
     """
     logits = logits.transpose(1, 2)  # (B, N, N') anchors x tokens
-    normaliser = logits.logsumexp(-1)
-    best, positive = logits.max(-1)
+    normaliser = logits.logsumexp(-1)  # (B, N)
+    best, positive = logits.max(-1)  # (B, N), (B, N)
     matched = normaliser - best  # -log softmax at the best token
     transition = nn.functional.softplus(normaliser)  # log(1 + sum_i exp(logit_i))
     per_anchor = torch.where((best - normaliser).exp() >= tau, matched, transition)
@@ -355,17 +373,17 @@ class DiffSignRecognizer(nn.Module):
 
     def initialise_from(self, state: dict, source: str) -> None:
         """Take the visual encoder and CTC head from a trained ``ctc`` checkpoint (its ``net.*``), frozen
-        from then on: stage 1 trains only the gloss encoder and decoder. Raises ValueError (one line)
+        from then on: stage 1 trains only the gloss encoder and decoder. Raises InputError (one line)
         when the checkpoint is no ``ctc`` model of the same size."""
         model = state["config"].get("model")
         if model != "ctc":
-            raise ValueError(f"{source}: a {model!r} checkpoint; --init-from takes a `cslr-pipe train ctc` checkpoint")
+            raise InputError(f"{source}: a {model!r} checkpoint; --init-from takes a `cslr-pipe train ctc` checkpoint")
         weights = {k[len("net."):]: v for k, v in state["model"].items() if k.startswith("net.")}
         expected = self.visual.state_dict()
         differ = sorted(k for k in expected if k not in weights or weights[k].shape != expected[k].shape)
         if differ:
             options = state["config"].get("model_options", {})
-            raise ValueError(f"{source}: its ctc model has other sizes than this diffsign's visual encoder "
+            raise InputError(f"{source}: its ctc model has other sizes than this diffsign's visual encoder "
                              f"({', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}); the ctc run used "
                              f"hidden={options.get('hidden')}, lstm_layers={options.get('lstm_layers')}: "
                              f"give diffsign the same")
@@ -384,12 +402,12 @@ class DiffSignRecognizer(nn.Module):
     # ---------------------------------------------------------------- pieces
     def encode_video(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """V [B, N, D] and its padding mask [B, N] (True = padding)."""
-        v, lengths = self.visual.encode(*join_streams(batch, self.streams))
-        return v, padding_mask(lengths, v.shape[1])
+        v, lengths = self.visual.encode(*join_streams(batch, self.streams))  # (B, N, D), (B,)
+        return v, padding_mask(lengths, v.shape[1])  # (B, N, D), (B, N)
 
     def read_visual(self, v: torch.Tensor) -> torch.Tensor:
         """The CTC head's log-probs over V [B, N, C]: stage 1's reading, as the ``ctc`` baseline reads."""
-        return self.visual.classifier(v).float().log_softmax(-1)
+        return self.visual.classifier(v).float().log_softmax(-1)  # (B, N, C)
 
     def condition(self, v: torch.Tensor, v_pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What the DiT attends to: V layer-normalised (or the decoder's hidden states over V), plus with
@@ -408,20 +426,20 @@ class DiffSignRecognizer(nn.Module):
             return normalised, None
         with torch.no_grad():
             best = self.read_visual(v).argmax(-1)  # (B, N)
-            emits = (best != 0) & (best != nn.functional.pad(best, (1, 0))[:, :-1]) & ~v_pad
+            emits = (best != 0) & (best != nn.functional.pad(best, (1, 0))[:, :-1]) & ~v_pad  # (B, N)
             slot = 2 * (emits.cumsum(1) - 1).to(v.dtype)  # (B, N)
             memory = self.decoder(v, v_pad, return_hidden=True)[1] if c.memory == "decoder" else normalised
         prior = None
         if c.alignment_prior:
-            slots = torch.arange(c.gloss_tokens, device=v.device, dtype=slot.dtype)
+            slots = torch.arange(c.gloss_tokens, device=v.device, dtype=slot.dtype)  # (N',)
             prior = -(slots[None, :, None] - slot[:, None, :]) ** 2 / (2 * c.alignment_prior ** 2)  # (B, N', N)
-        return (memory + sinusoidal(slot, v.shape[-1]).to(v.dtype) if c.ordinal_keys else memory), prior
+        return (memory + sinusoidal(slot, v.shape[-1]).to(v.dtype) if c.ordinal_keys else memory), prior  # (B, N, D)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor,
                 previous: torch.Tensor | None, prior: torch.Tensor | None):
         """The DiT's (prediction, similarity) at (x_t, t); with ``dit_input="zeros"`` it never sees x_t."""
-        x = torch.zeros_like(x_t) if self.config.dit_input == "zeros" else x_t
-        return self.dit(x.to(memory.dtype), t, memory, memory_pad, previous, prior)
+        x = torch.zeros_like(x_t) if self.config.dit_input == "zeros" else x_t  # (B, N', D)
+        return self.dit(x.to(memory.dtype), t, memory, memory_pad, previous, prior)  # (B, N', D), (B, N', N)
 
     def x0_estimate(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The DiT's estimate of G from its output at (x_t, t)."""
@@ -445,7 +463,7 @@ class DiffSignRecognizer(nn.Module):
         """x_T [B, N', D]: each video's first draw from its own stream (:meth:`video_generators`)."""
         shape = (self.config.gloss_tokens, self.config.hidden)
         generators = self.video_generators(ids) if generators is None else generators
-        return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+        return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)  # (B, N', D)
 
     def generate(self, v: torch.Tensor, v_pad: torch.Tensor, timesteps: list[int] | None,
                  noise: torch.Tensor | None = None, generator=None, prior: torch.Tensor | None = None):
@@ -454,8 +472,8 @@ class DiffSignRecognizer(nn.Module):
         ``generator``: one torch.Generator, or one per video. Returns (G', states after each step,
         x0 estimates of each step, cross-attention logits of each step).
         """
-        shape = (v.shape[0], self.config.gloss_tokens, self.config.hidden)
-        estimates, similarities = [], []
+        shape = (v.shape[0], self.config.gloss_tokens, self.config.hidden)  # (B, N', D)
+        estimates, similarities = [], []  # (B, N', D), (B, N', N) per step
 
         def denoise(x, t):
             previous = estimates[-1].detach().to(v.dtype) if estimates and self.config.self_condition else None
@@ -465,7 +483,7 @@ class DiffSignRecognizer(nn.Module):
             return out
 
         g, states = self.diffusion.sample(denoise, shape, timesteps=timesteps, noise=noise, generator=generator,
-                                          device=v.device, return_trajectory=True)
+                                          device=v.device, return_trajectory=True)  # (B, N', D), per step too
         return g, states, estimates, similarities
 
     def step_weights(self, k: int) -> torch.Tensor:
@@ -486,13 +504,13 @@ class DiffSignRecognizer(nn.Module):
     # ---------------------------------------------------------------- trainer interface
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         c = self.config
-        v, v_pad = self.encode_video(batch)
-        lengths = (~v_pad).sum(1)
+        v, v_pad = self.encode_video(batch)  # (B, N, D), (B, N)
+        lengths = (~v_pad).sum(1)  # (B,)
         losses = {}
         if self.visual_learns:  # the baseline's own objective, in both stages
             losses["ctc_visual"] = ctc_loss(self.read_visual(v), lengths, batch)
         if not self.generating:
-            g = self.gloss(batch["labels"], batch["label_lengths"], batch["ids"])
+            g = self.gloss(batch["labels"], batch["label_lengths"], batch["ids"])  # (B, N', D)
             losses["ctc_gloss"] = ctc_loss(self.decoder(g), torch.full_like(batch["label_lengths"], g.shape[1]), batch)
             if c.memory == "decoder":  # the decoder reads V too, so its hidden states over V can be the memory
                 losses["ctc_decoder_visual"] = ctc_loss(self.decoder(v, v_pad), lengths, batch)
@@ -501,19 +519,19 @@ class DiffSignRecognizer(nn.Module):
         v, prior = self.condition(v, v_pad)
         with torch.no_grad():
             g = self.gloss(batch["labels"], batch["label_lengths"], batch["ids"])  # (B, N', D)
-        t = self.ddm_timesteps(g.shape[0], g.device)
+        t = self.ddm_timesteps(g.shape[0], g.device)  # (B,)
         noise = torch.randn_like(g)
-        g_t = self.diffusion.q_sample(g, t, noise)
+        g_t = self.diffusion.q_sample(g, t, noise)  # (B, N', D)
         previous = None
         if c.self_condition and torch.rand(()) < 0.5:  # half the time, the DiT's own first estimate
             with torch.no_grad():
                 previous = self.x0_estimate(self.denoise(g_t, t, v, v_pad, None, prior)[0], g_t, t)
-        prediction = self.denoise(g_t, t, v, v_pad, previous, prior)[0]
+        prediction = self.denoise(g_t, t, v, v_pad, previous, prior)[0]  # (B, N', D)
         ddm = nn.functional.mse_loss(prediction.float(), self.diffusion.prediction_target(g, noise))
         _, states, estimates, similarities = self.generate(v, v_pad, self.training_grid(), prior=prior)
         decoded = estimates if c.stepwise_ctc == "x0" else states  # the last of both is G'
-        weights = self.step_weights(len(decoded)).to(v.device)
-        full = torch.full_like(batch["label_lengths"], c.gloss_tokens)
+        weights = self.step_weights(len(decoded)).to(v.device)  # (k,)
+        full = torch.full_like(batch["label_lengths"], c.gloss_tokens)  # (B,): every slot is read
         step_ctc = [ctc_loss(self.decoder(x.to(v.dtype)), full, batch) for x in decoded]
         losses.update(ctc=step_ctc[-1], ddm=ddm)
         losses["rsm"] = sum(w * l for w, l in zip(weights, step_ctc)) if c.use_rsm else ddm.new_zeros(())
@@ -536,17 +554,17 @@ class DiffSignRecognizer(nn.Module):
 
         Seeded per video: x_T and DDPM's step noise come from (``sampling_seed``, video id).
         """
-        v, v_pad = self.encode_video(batch)
+        v, v_pad = self.encode_video(batch)  # (B, N, D), (B, N)
         if not self.generating:
-            return self.read_visual(v), (~v_pad).sum(1)
+            return self.read_visual(v), (~v_pad).sum(1)  # (B, N, C), (B,)
         steps = self.config.sampling_steps if sampling_steps is None else sampling_steps
         timesteps = self.diffusion.ddim_timesteps(steps).tolist() if steps else None
         generators = self.video_generators(batch["ids"])
-        noise = self.initial_noise(batch["ids"], v.device, generators)
-        memory, prior = self.condition(v, v_pad)
-        g = self.generate(memory, v_pad, timesteps, noise, generators, prior)[0]
+        noise = self.initial_noise(batch["ids"], v.device, generators)  # (B, N', D)
+        memory, prior = self.condition(v, v_pad)  # (B, N, D), (B, N', N) or None
+        g = self.generate(memory, v_pad, timesteps, noise, generators, prior)[0]  # (B, N', D)
         generated = self.decoder(g.to(v.dtype))  # (B, N', C)
-        slots = torch.full((v.shape[0],), g.shape[1], device=v.device)
+        slots = torch.full((v.shape[0],), g.shape[1], device=v.device)  # (B,)
         if not (self.config.rescore if rescore is None else rescore):
             return generated, slots
         return choose_reading(self.read_visual(v), (~v_pad).sum(1), generated, slots)
@@ -569,18 +587,23 @@ def choose_reading(stage1: torch.Tensor, stage1_lengths: torch.Tensor, generated
     keep_stage1 = scores[0] > scores[1]  # (B,): -inf (not emittable) never wins
     steps = max(stage1.shape[1], generated.shape[1])
     pad = lambda x: nn.functional.pad(x, (0, 0, 0, steps - x.shape[1]))  # noqa: E731
-    chosen = torch.where(keep_stage1.to(stage1.device)[:, None, None], pad(stage1), pad(generated))
-    return chosen, torch.where(keep_stage1.to(stage1.device), stage1_lengths, generated_lengths)
+    keep = keep_stage1.to(stage1.device)
+    chosen = torch.where(keep[:, None, None], pad(stage1), pad(generated))  # (B, max(N, N'), C)
+    return chosen, torch.where(keep, stage1_lengths, generated_lengths)
 
 
 def build_diffsign(config, input_dims: dict[str, int], num_classes: int) -> DiffSignRecognizer:
-    known = {f.name for f in fields(DiffSignConfig)}
-    unknown = sorted(set(config.model_options) - known)
-    if unknown:
-        raise ValueError(f"unknown diffsign option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return DiffSignRecognizer(config.streams, sum(input_dims[s] for s in config.streams), num_classes,
-                              DiffSignConfig(**config.model_options))
+    c = checked_options("diffsign", DiffSignConfig, config.model_options)
+    return DiffSignRecognizer(config.streams, sum(input_dims[s] for s in config.streams), num_classes, c)
 
+
+# Named sizes, as model options. "paper": the defaults (the paper's hidden 512, a 12-layer DiT, 4 decoder
+# layers); "cpu": minutes per run on 2 CPU cores, the size of bench/trainers.py and bench/diffsign_probe.py.
+SIZES = {
+    "paper": {},
+    "cpu": {"hidden": 128, "lstm_layers": 2, "dropout": 0.1, "heads": 4, "gloss_layers": 1, "decoder_layers": 2,
+            "dit_layers": 4, "gloss_tokens": 16},
+}
 
 # The paper's optimisation (section 4.1), for a ResNet-34 trained end to end on PHOENIX: Adam, lr 1e-4,
 # weight decay 1e-4, batch 2, 40 + 60 epochs, lr x 0.2 at epochs 20 and 35 of stage 1 and 30 and 50 of
