@@ -49,7 +49,9 @@ from cslr_pipe.pipeline.synthetic_features import (SHIFTED_MANIFEST, STREAM, Fea
 from cslr_pipe.training.data import CachedSequenceDataset, collate_padded
 from cslr_pipe.training.evaluation import decode_seeds, is_stochastic
 from cslr_pipe.training.metrics import wer
-from cslr_pipe.training.trainer import MODELS, Run, TrainConfig, load_model, train
+from cslr_pipe.training.models import MODELS
+from cslr_pipe.training.models.diffsign import SIZES as DIFFSIGN_SIZES
+from cslr_pipe.training.trainer import Run, TrainConfig, load_model, train
 
 # Per-model TrainConfig fields (model, streams, seed, device and beam width are filled in); they
 # override the model's registered defaults (TrainConfig.for_model), model_options merge. Sized for
@@ -59,8 +61,7 @@ SETTINGS: dict[str, dict] = {
             "model_options": {"hidden": 128, "lstm_layers": 2, "dropout": 0.1}},
     # the ctc settings; stage 1 is the ctc baseline itself (it keeps learning in stage 2), the DiT on top
     "diffsign": {"epochs": 30, "batch_size": 16, "lr": 3e-3, "weight_decay": 1e-4,
-                 "model_options": {"hidden": 128, "lstm_layers": 2, "dropout": 0.1, "heads": 4, "gloss_layers": 1,
-                                   "decoder_layers": 2, "dit_layers": 4, "gloss_tokens": 16}},
+                 "model_options": dict(DIFFSIGN_SIZES["cpu"])},
     "acdr": {"epochs": 30, "batch_size": 16, "lr": 3e-3, "weight_decay": 1e-4,
              "model_options": {"hidden": 128, "lstm_layers": 2, "dropout": 0.1, "heads": 4}},
 }
@@ -68,9 +69,7 @@ DEFAULT_SETTINGS: dict = {}  # models not listed above: their registered default
 
 
 def known_models() -> set[str]:
-    import cslr_pipe.training.models  # noqa: F401  (registers the built-in models)
-
-    return set(MODELS)
+    return set(MODELS.names())
 
 
 def config_for(model: str, args, seed: int) -> TrainConfig:

@@ -14,11 +14,12 @@ from cslr_pipe.features.manifest import ManifestRow
 from cslr_pipe.features.pose.wholebody import SKELETON
 from cslr_pipe.features.store import Cache
 from cslr_pipe.features.video import probe_video
-from cslr_pipe.features.visualize import (alignment_panel, disc_legend, draw_skeleton, label, line_plot,
-                                          overlay_heatmap, pick_frames, read_frames_at, save_png, stack_rows)
+from cslr_pipe.features.visualize import (alignment_panel, disc_legend, draw_skeleton, label, overlay_heatmap,
+                                          pick_frames, read_frames_at, save_png, stack_rows)
 
 FRAME_HEIGHT = 128
 WHEEL_RADIUS = 48
+PROBE_HEIGHT = 70
 
 
 def inspect_picture(row: ManifestRow, video: Path, cache: Cache | None, num_frames: int = 8,
@@ -41,11 +42,47 @@ def inspect_picture(row: ManifestRow, video: Path, cache: Cache | None, num_fram
     if "flow" in data:
         rows.append(flow_row(data["flow"], indices, frames))
     if "frame_mean" in data:
-        rows.append(line_plot(data["frame_mean"], strip.shape[1], 70,
-                              "probe: mean R, G, B per frame", marks=indices))
+        rows.append(probe_plot(data["frame_mean"], strip.shape[1], PROBE_HEIGHT, indices))
     if checkpoint is not None:
         rows.append(hypothesis_panel(checkpoint, cache, row, strip.shape[1], device))
     return stack_rows(rows)
+
+
+PROBE_COLOURS = ("#d62728", "#2ca02c", "#1f77b4")  # mean R, G, B
+
+
+def probe_plot(frame_mean: np.ndarray, width: int, height: int, marks: np.ndarray) -> np.ndarray:
+    """The probe's mean R, G and B of every frame [T, 3] as an RGB image ``width`` x ``height`` px,
+    drawn with matplotlib (Agg): frame numbers on x, the values on y, the picked frames ``marks``
+    as grey lines, a legend of the three colours."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    values = np.asarray(frame_mean, np.float64).reshape(len(frame_mean), -1)
+    frames = np.arange(len(values))
+    left, right, top, bottom = 34, 30, 13, 14  # margins in px: y ticks, legend, title, x ticks
+    figure = Figure(figsize=(width / 100, height / 100), dpi=100)
+    axes = figure.add_axes((left / width, bottom / height, 1 - (left + right) / width, 1 - (top + bottom) / height))
+    for index in marks:
+        axes.axvline(index, color="#c8c8c8", linewidth=0.8)
+    for column, colour, name in zip(values.T, PROBE_COLOURS, "RGB"):
+        axes.plot(frames, column, color=colour, linewidth=1.2, label=name, marker="o" if len(frames) == 1 else None)
+    axes.set_xlim(*((0, len(values) - 1) if len(values) > 1 else (-1, 1)))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.yaxis.set_major_locator(MaxNLocator(nbins=3))
+    axes.tick_params(labelsize=7, length=2, pad=1)
+    axes.set_title("probe: mean R, G, B of each frame (x: frame number, grey: the frames above)",
+                   loc="left", fontsize=7, pad=2)
+    axes.legend(loc="center left", bbox_to_anchor=(1, 0.5), borderaxespad=0.2, borderpad=0, frameon=False,
+                fontsize=7, handlelength=1.2, handletextpad=0.3, labelspacing=0.15)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    drawn = np.asarray(canvas.buffer_rgba())[:height, :width, :3]
+    image = np.full((height, width, 3), 255, np.uint8)  # exactly the size asked for, whatever the rounding
+    image[:drawn.shape[0], :drawn.shape[1]] = drawn
+    return image
+
 
 
 def hypothesis_panel(checkpoint: Path, cache: Cache | None, row: ManifestRow, width: int,

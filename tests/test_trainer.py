@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -11,8 +13,11 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.pipeline.cli import main
-from cslr_pipe.training.trainer import Run, TrainConfig, load_checkpoint, save_checkpoint, train
+from cslr_pipe.training.models import MODELS
+from cslr_pipe.training.trainer import (MODEL_DEFAULTS, Run, TrainConfig, build_model, load_checkpoint, register_model,
+                                        save_checkpoint, train)
 
 
 def run_for(root, out):
@@ -123,3 +128,46 @@ def test_a_checkpoint_is_replaced_whole_or_not_at_all(tmp_path):
     save_checkpoint(path, **state, model={"w": torch.zeros(3)})
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.zeros(3))
+
+
+def test_building_a_model_imports_its_module_alone():
+    """The registry names the built-in models by import path: importing the trainer imports no model, and
+    building ctc imports ctc's module (and the layers it uses), none of the other models."""
+    code = ("import sys\n"
+            "from cslr_pipe.training.trainer import TrainConfig, build_model\n"
+            "before = sorted(m for m in sys.modules if m.startswith('cslr_pipe.training.models.'))\n"
+            "build_model(TrainConfig(model='ctc', streams=['s'], model_options={'hidden': 8}), {'s': 4}, 3)\n"
+            "after = sorted(m for m in sys.modules if m.startswith('cslr_pipe.training.models.'))\n"
+            "print(before, after)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["[]", "['cslr_pipe.training.models.ctc',", "'cslr_pipe.training.models.layers']"]
+
+
+def test_a_model_registered_at_run_time_trains_by_name():
+    class Constant(torch.nn.Module):
+        def __init__(self, config, input_dims, num_classes):
+            super().__init__()
+            self.config, self.bias = config, torch.nn.Parameter(torch.zeros(num_classes))
+
+    register_model("constant", Constant, defaults={"epochs": 3, "model_options": {"width": 2}})
+    try:
+        assert "constant" in MODELS.names() and "ctc" in MODELS.names()
+        config = TrainConfig.for_model("constant", streams=["s"], model_options={"depth": 1})
+        assert config.epochs == 3 and config.model_options == {"width": 2, "depth": 1}
+        model = build_model(config, {"s": 4}, 5)
+        assert isinstance(model, Constant) and model.bias.shape == (5,)
+    finally:
+        MODELS.unregister("constant")
+        MODEL_DEFAULTS.pop("constant")
+    with pytest.raises(InputError, match="unknown model 'constant'; known: acdr, ctc, diffsign, fusion, twostream"):
+        TrainConfig.for_model("constant")
+
+
+def test_unknown_training_and_model_options_are_input_errors():
+    with pytest.raises(InputError, match="unknown training option.*: epoch; known: .*epochs"):
+        TrainConfig.from_dict({"model": "ctc", "epoch": 3})
+    with pytest.raises(InputError, match="optimizer must be one of"):
+        TrainConfig(optimizer="sgd")
+    config = TrainConfig(model="ctc", streams=["s"], model_options={"hiden": 8})
+    with pytest.raises(InputError, match="unknown ctc option.*: hiden; known: dropout, hidden, lstm_layers$"):
+        build_model(config, {"s": 4}, 3)  # input_dim and num_classes come from the data, not options

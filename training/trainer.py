@@ -473,20 +473,9 @@ def write_logs(history: list[dict], out: Path) -> None:
         writer = csv.DictWriter(handle, columns)
         writer.writeheader()
         writer.writerows(history)
+    from cslr_pipe.training.curves import draw_curves  # matplotlib: imported by a run that writes only
+
     draw_curves(history, out / "curves.png")
-
-
-def draw_curves(history: list[dict], path: Path) -> None:
-    """Training loss and dev WER per epoch, as a PNG with numbered axes."""
-    from cslr_pipe.features.visualize import chart, save_png, stack_rows
-
-    if not history:
-        return
-    epochs = [h["epoch"] for h in history]
-    loss = [h["train_loss"] for h in history]
-    wer = [100 * h["dev_wer"] for h in history]
-    save_png(stack_rows([chart(epochs, loss, 480, 180, "train loss"),
-                         chart(epochs, wer, 480, 180, "dev WER %")]), path)
 
 
 def load_model(checkpoint: str | Path, device: str = "cpu",

@@ -1,14 +1,16 @@
-"""Recognition models over cached feature sequences, registered with the trainer by name."""
+"""Recognition models over cached feature sequences, built by name (`cslr-pipe train NAME`).
 
-from cslr_pipe.training.models.acdr import build_acdr
-from cslr_pipe.training.models.ctc import build_ctc
-from cslr_pipe.training.models.diffsign import build_diffsign
-from cslr_pipe.training.models.fusion import build_fusion
-from cslr_pipe.training.models.twostream import build_twostream
-from cslr_pipe.training.trainer import register_model
+:data:`MODELS` names each built-in model's builder by import path, so building one imports its module
+alone (and what that module needs); ``training.trainer.register_model`` adds a user's model at run time.
+A builder is called as ``builder(train_config, input_dims, num_classes)`` and returns the model.
+"""
 
-register_model("ctc", build_ctc)
-register_model("acdr", build_acdr)
-register_model("diffsign", build_diffsign)
-register_model("fusion", build_fusion)
-register_model("twostream", build_twostream)
+from cslr_pipe.features.registry import Registry
+
+MODELS = Registry("model", {
+    "ctc": "cslr_pipe.training.models.ctc:build_ctc",
+    "acdr": "cslr_pipe.training.models.acdr:build_acdr",
+    "diffsign": "cslr_pipe.training.models.diffsign:build_diffsign",
+    "fusion": "cslr_pipe.training.models.fusion:build_fusion",
+    "twostream": "cslr_pipe.training.models.twostream:build_twostream",
+})
