@@ -22,7 +22,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cslr_pipe.training import distributed
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.files import atomic_writer
 from cslr_pipe.features.store import Cache
 from cslr_pipe.features.weights import CheckpointError, load_torch_file
@@ -39,6 +40,8 @@ from cslr_pipe.training.data import (Augmentation, CachedSequenceDataset, Length
                                      resolve_streams)
 from cslr_pipe.training.decoding import beam_search_decode, greedy_decode
 from cslr_pipe.training.metrics import WERDetails, wer_details
+from cslr_pipe.training.models import MODELS
+from cslr_pipe.training.options import checked_options
 
 CHECKPOINT_VERSION = 1
 
@@ -71,22 +74,19 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise InputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.lr_schedule not in ("cosine", "step"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'step', got {self.lr_schedule!r}")
+            raise InputError(f"lr_schedule must be 'cosine' or 'step', got {self.lr_schedule!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**data)
+        return checked_options("training", cls, data)
 
     @classmethod
     def for_model(cls, model: str, **given) -> "TrainConfig":
         """Defaults of the dataclass, overridden by the model's registered defaults, then by
         ``given`` (entries that are None are left to the defaults; model options merge)."""
-        _load_builtin_models(model)
+        check_model(model)
         defaults = MODEL_DEFAULTS.get(model, {})
         given = {k: v for k, v in given.items() if v is not None}
         options = {**defaults.get("model_options", {}), **given.pop("model_options", {})}
@@ -95,26 +95,26 @@ class TrainConfig:
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 ModelBuilder = Callable[[TrainConfig, dict[str, int], int], torch.nn.Module]  # (config, dims, classes)
-MODELS: dict[str, ModelBuilder] = {}
-MODEL_DEFAULTS: dict[str, dict] = {}
+MODEL_DEFAULTS: dict[str, dict] = {}  # TrainConfig defaults of models registered with defaults
 
 
 def register_model(name: str, builder: ModelBuilder, defaults: dict | None = None) -> None:
-    """Make a model available to `cslr-pipe train NAME`; ``defaults`` are its TrainConfig defaults."""
-    MODELS[name] = builder
+    """Make a model available to `cslr-pipe train NAME` beside the built-in ones of :data:`MODELS`;
+    ``defaults`` are its TrainConfig defaults."""
+    MODELS.register(name, builder)
     MODEL_DEFAULTS[name] = dict(defaults or {})
 
 
-def _load_builtin_models(name: str) -> None:
-    if name not in MODELS:
-        import cslr_pipe.training.models  # noqa: F401  (registers the built-in models)
+def check_model(name: str) -> None:
+    """An InputError naming the known models when ``name`` is none of them."""
+    if name not in MODELS.names():
+        raise InputError(f"unknown model {name!r}; known: {', '.join(MODELS.names())}")
 
 
 def build_model(config: TrainConfig, input_dims: dict[str, int], num_classes: int) -> torch.nn.Module:
-    _load_builtin_models(config.model)
-    if config.model not in MODELS:
-        raise ValueError(f"unknown model {config.model!r}; known: {', '.join(sorted(MODELS))}")
-    return MODELS[config.model](config, input_dims, num_classes)
+    """The model ``config.model``; importing a built-in model's module only now."""
+    check_model(config.model)
+    return MODELS.factory(config.model)(config, input_dims, num_classes)
 
 
 def training_phases(model: torch.nn.Module, epochs: int) -> list[tuple[str, int]]:
@@ -414,20 +414,20 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
 def initialise_from(model: torch.nn.Module, config: TrainConfig, vocabulary: list[str], dims: dict[str, int],
                     device: str) -> None:
     """Start ``model`` from the checkpoint ``config.init_from``, which must have been trained on the same
-    vocabulary and streams of the same sizes; raises ValueError (one line) naming what differs."""
+    vocabulary and streams of the same sizes; raises InputError (one line) naming what differs."""
     source = config.init_from
     if not hasattr(model, "initialise_from"):
-        raise ValueError(f"--init-from: the {config.model} model cannot start from a checkpoint")
+        raise InputError(f"--init-from: the {config.model} model cannot start from a checkpoint")
     state = load_checkpoint(source, device)
     theirs = state["vocabulary"]
     if theirs != vocabulary:
         missing = [g for g in vocabulary if g not in theirs][:3]
         extra = [g for g in theirs if g not in vocabulary][:3]
-        raise ValueError(f"{source}: trained on another vocabulary ({len(theirs)} entries, this run has "
+        raise InputError(f"{source}: trained on another vocabulary ({len(theirs)} entries, this run has "
                          f"{len(vocabulary)}; missing there: {', '.join(missing) or '-'}; only there: "
                          f"{', '.join(extra) or '-'}{'; same glosses in another order' if not missing + extra else ''})")
     if state["config"].get("streams") != config.streams or state["input_dims"] != dims:
-        raise ValueError(f"{source}: trained on {state['input_dims']} (feature sizes per stream), this run "
+        raise InputError(f"{source}: trained on {state['input_dims']} (feature sizes per stream), this run "
                          f"reads {dims}")
     model.initialise_from(state, source)
 
