@@ -1,6 +1,8 @@
 """Pictures a person can judge at a glance: frame strips with per-stage overlays, as PNG.
 
 Drawn with OpenCV only. Each later stage adds a row or an overlay (keypoints, heatmaps, flow).
+Charts with axes are matplotlib's, drawn by the modules that own them (training/curves.py,
+pipeline/inspect.py).
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from cslr_pipe.features.video import iter_frames
 
 TEXT = (20, 20, 20)
 BACKGROUND = (255, 255, 255)
-GRID = (225, 225, 225)
-SERIES_COLOURS = ((220, 60, 50), (60, 160, 60), (50, 90, 220))  # then grey
 
 
 def pick_frames(num_frames: int, count: int) -> np.ndarray:
@@ -43,90 +43,6 @@ def label(image: np.ndarray, text: str) -> np.ndarray:
     band = np.full((18, image.shape[1], 3), BACKGROUND, np.uint8)
     cv2.putText(band, text, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, TEXT, 1, cv2.LINE_AA)
     return np.concatenate([band, image])
-
-
-def line_plot(values: np.ndarray, width: int, height: int, title: str,
-              marks: np.ndarray | None = None) -> np.ndarray:
-    """A small plot of one or more series [T, C] (one colour each), with vertical marks."""
-    values = np.asarray(values, np.float64).reshape(len(values), -1)
-    image = np.full((height, width, 3), BACKGROUND, np.uint8)
-    low, high = float(values.min()), float(values.max())
-    span = high - low or 1.0
-    xs = np.linspace(4, width - 5, len(values)) if len(values) > 1 else np.array([width / 2])
-    for index in marks if marks is not None else []:
-        x = int(round(xs[index]))
-        cv2.line(image, (x, 0), (x, height - 1), (200, 200, 200), 1)
-    for column, colour in zip(values.T, _series_colours(values.shape[1])):
-        ys = (height - 6) - (column - low) / span * (height - 18)
-        points = np.stack([xs, ys], axis=1).round().astype(np.int32)
-        cv2.polylines(image, [points], False, colour, 1, cv2.LINE_AA)
-    cv2.putText(image, f"{title}  [{low:.1f}, {high:.1f}]", (4, 11), cv2.FONT_HERSHEY_SIMPLEX,
-                0.35, TEXT, 1, cv2.LINE_AA)
-    return image
-
-
-def _series_colours(count: int) -> list[tuple[int, int, int]]:
-    return list(SERIES_COLOURS[:count]) + [(90, 90, 90)] * max(0, count - len(SERIES_COLOURS))
-
-
-def nice_ticks(low: float, high: float, count: int = 5, integer: bool = False) -> np.ndarray:
-    """About ``count`` ticks 1, 2 or 5 times a power of ten apart, from at or below ``low`` to at
-    or above ``high`` (whole numbers apart when ``integer``)."""
-    if high <= low:
-        low, high = (low, low + 1) if integer else (low - 0.5, high + 0.5)
-    raw = (high - low) / max(count - 1, 1)
-    power = 10.0 ** np.floor(np.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
-    if integer:
-        step = max(1.0, np.round(step))
-    first, last = np.floor(low / step + 1e-9), np.ceil(high / step - 1e-9)
-    return np.arange(first, last + 1) * step
-
-
-def _put_text(image: np.ndarray, text: str, x: int, y: int, align: float = 0.0, scale: float = 0.35) -> None:
-    """``text`` with its baseline at ``y``; ``align`` 0 puts its left end at ``x``, 0.5 its
-    centre, 1 its right end."""
-    (text_width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    cv2.putText(image, text, (int(x - align * text_width), y), cv2.FONT_HERSHEY_SIMPLEX, scale, TEXT, 1,
-                cv2.LINE_AA)
-
-
-def chart(xs: np.ndarray, values: np.ndarray, width: int, height: int, title: str,
-          x_label: str = "epoch") -> np.ndarray:
-    """A line chart of series [T, C] over ``xs`` [T] with a title and numbered axes (whole-number
-    ticks on x, round numbers on y, a light grid)."""
-    xs = np.asarray(xs, np.float64)
-    values = np.asarray(values, np.float64).reshape(len(values), -1)
-    image = np.full((height, width, 3), BACKGROUND, np.uint8)
-    left, right, top, bottom = 46, width - 10, 22, height - 30  # the plot area
-    x_ticks = nice_ticks(xs.min(), xs.max(), count=6, integer=True)
-    finite = values[np.isfinite(values)]
-    y_ticks = nice_ticks(finite.min(), finite.max()) if finite.size else np.array([0.0, 1.0])
-
-    def to_pixels(x, y):
-        px = left + (x - x_ticks[0]) / (x_ticks[-1] - x_ticks[0]) * (right - left)
-        py = bottom - (y - y_ticks[0]) / (y_ticks[-1] - y_ticks[0]) * (bottom - top)
-        return np.round(px).astype(np.int32), np.round(py).astype(np.int32)
-
-    for tick in x_ticks:
-        x, _ = to_pixels(tick, y_ticks[0])
-        cv2.line(image, (int(x), top), (int(x), bottom), GRID, 1)
-        _put_text(image, f"{tick:g}", int(x), bottom + 13, align=0.5)
-    for tick in y_ticks:
-        _, y = to_pixels(x_ticks[0], tick)
-        cv2.line(image, (left, int(y)), (right, int(y)), GRID, 1)
-        _put_text(image, f"{tick:g}", left - 4, int(y) + 4, align=1.0)
-    cv2.rectangle(image, (left, top), (right, bottom), (150, 150, 150), 1)
-    for column, colour in zip(values.T, _series_colours(values.shape[1])):
-        finite = np.isfinite(column)
-        points = np.stack(to_pixels(xs[finite], column[finite]), axis=1)
-        if len(points) > 1:
-            cv2.polylines(image, [points], False, colour, 1, cv2.LINE_AA)
-        elif len(points) == 1:
-            cv2.circle(image, tuple(int(v) for v in points[0]), 2, colour, -1, cv2.LINE_AA)
-    _put_text(image, title, left, 15, scale=0.45)
-    _put_text(image, x_label, (left + right) // 2, height - 4, align=0.5)
-    return image
 
 
 def disc_legend(square: np.ndarray, height: int, text: str) -> np.ndarray:

@@ -84,7 +84,6 @@ def probe_plot(frame_mean: np.ndarray, width: int, height: int, marks: np.ndarra
     return image
 
 
-
 def hypothesis_panel(checkpoint: Path, cache: Cache | None, row: ManifestRow, width: int,
                      device: str = "auto") -> np.ndarray:
     """The checkpoint's hypothesis for the video (as ``cslr-pipe eval`` decodes it) under its

@@ -13,7 +13,7 @@ from cslr_pipe.features.codecs import flow_color_wheel, flow_to_color
 from cslr_pipe.features.visualize import disc_legend
 from cslr_pipe.pipeline.cli import main
 from cslr_pipe.features.store import open_cache
-from cslr_pipe.pipeline.inspect import WHEEL_RADIUS, flow_row, hypothesis_panel
+from cslr_pipe.pipeline.inspect import PROBE_COLOURS, WHEEL_RADIUS, flow_row, hypothesis_panel, probe_plot
 from cslr_pipe.features.manifest import read_manifest, write_manifest
 from cslr_pipe.training.evaluation import decode_video, evaluate_checkpoint
 from cslr_pipe.training.trainer import Run, TrainConfig, train
@@ -38,6 +38,22 @@ def test_colour_wheel_decodes_directions_with_y_down():
     np.testing.assert_array_equal(wheel[2 * radius, centre], colour_of(0, +m, m))
     np.testing.assert_array_equal(wheel[centre, centre + radius // 2], colour_of(m / 2, 0, m))
     assert not np.array_equal(wheel[0, centre], wheel[2 * radius, centre])
+
+
+def test_probe_plot_draws_the_three_means_with_axes():
+    rgb_means = np.stack([np.linspace(10, 200, 40), np.full(40, 120.0), 60 + 40 * np.sin(np.arange(40) / 4)], axis=1)
+    image = probe_plot(rgb_means, 684, 70, marks=np.array([0, 13, 26, 39]))
+    assert image.shape == (70, 684, 3) and image.dtype == np.uint8
+    for colour in PROBE_COLOURS:  # each series is a line across the plot, not just its legend entry
+        rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+        near = np.abs(image.astype(int) - rgb).max(axis=-1) <= 40  # antialiased lines are lighter
+        assert near.sum() > 400, colour
+        assert np.ptp(np.flatnonzero(near.any(axis=0))) > 500  # spans the width
+    dark = image.max(axis=-1) < 100
+    assert dark[:12].sum() > 200  # the title
+    assert dark[-12:, :40].sum() > 5 and dark[15:-15, :30].sum() > 30  # x and y tick labels
+    flat = probe_plot(np.full((1, 3), 128.0), 300, 70, marks=np.array([0]))  # one frame, one value
+    assert flat.shape == (70, 300, 3)
 
 
 def test_flow_row_ends_with_the_legend():

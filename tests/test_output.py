@@ -8,14 +8,15 @@ import subprocess
 import sys
 import textwrap
 
+import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from cslr_pipe.features.quiet import VERBOSE_ENV, native_stderr_silenced
-from cslr_pipe.features.visualize import nice_ticks
 from cslr_pipe.pipeline.cli import main
 from cslr_pipe.pipeline.dag import StageProgress, stage_totals
+from cslr_pipe.training.curves import LOSS_COLOUR, WER_COLOUR, curves_figure, draw_curves, png_bytes
 from cslr_pipe.training.trainer import Run, TrainConfig, open_event_writer, train
 
 
@@ -68,7 +69,8 @@ def test_trainer_writes_events_and_a_resumed_run_adds_its_own(feature_corpus, tm
     assert set(scalars) == {"train/loss", "dev/wer", "lr"}
     for tag, key in (("train/loss", "train_loss"), ("dev/wer", "dev_wer"), ("lr", "lr")):
         assert scalars[tag] == [(h["epoch"], float(np.float32(h[key]))) for h in history]
-    assert (run.out / "curves.png").stat().st_size > 0
+    curves = read_rgb(run.out / "curves.png")  # the three epochs' loss and dev WER, drawn
+    assert colour_pixels(curves, LOSS_COLOUR) > 300 and colour_pixels(curves, WER_COLOUR) > 300
 
 
 # ------------------------------------------------------------------------------ progress
@@ -160,10 +162,39 @@ def test_mediapipe_backend_logs_nothing_unless_verbose(verbose):
 # ------------------------------------------------------------------------------ curves
 
 
-def test_nice_ticks_are_round_and_cover_the_range():
-    np.testing.assert_allclose(nice_ticks(0.13, 4.7), [0, 2, 4, 6])
-    np.testing.assert_allclose(nice_ticks(12.5, 100), [0, 50, 100])
-    np.testing.assert_allclose(nice_ticks(0, 39, count=6, integer=True), [0, 10, 20, 30, 40])
-    np.testing.assert_allclose(nice_ticks(0, 2, count=6, integer=True), [0, 1, 2])
-    np.testing.assert_allclose(nice_ticks(0, 0, integer=True), [0, 1])  # one epoch
-    np.testing.assert_allclose(nice_ticks(3, 3), [2.5, 3, 3.5])  # a flat curve
+def colour_pixels(image: np.ndarray, hex_colour: str) -> int:
+    """How many pixels of an RGB image are (within antialiasing's reach) of ``hex_colour``."""
+    rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(image.astype(int) - rgb).max(axis=-1) <= 40).sum())
+
+
+def read_rgb(path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def test_curves_draw_the_logged_loss_terms_and_dev_wer(tmp_path):
+    history = [{"epoch": epoch, "phase": "stage1" if epoch < 3 else "stage2", "train_loss": 4 / (epoch + 1),
+                "train_ctc": 2 / (epoch + 1), "dev_wer": wer, "lr": 1e-3}
+               for epoch, wer in enumerate([1.0, 0.8, 0.6, 0.5, 0.25, 0.3])]
+    figure = curves_figure(history, title="run")
+    png_bytes(figure)  # drawn: tick labels exist only now
+    loss_axes, wer_axes = figure.axes
+    assert (loss_axes.get_title(), wer_axes.get_title(), wer_axes.get_xlabel()) == ("training loss", "dev WER", "epoch")
+    lines = {line.get_label(): line for line in [*loss_axes.get_lines(), *wer_axes.get_lines()]}
+    np.testing.assert_allclose(lines["loss"].get_ydata(), [h["train_loss"] for h in history])
+    np.testing.assert_allclose(lines["ctc"].get_ydata(), [h["train_ctc"] for h in history])
+    np.testing.assert_allclose(lines["dev WER"].get_ydata(), [100 * h["dev_wer"] for h in history])
+    np.testing.assert_allclose(lines["dev WER"].get_xdata(), range(6))
+    assert [t.get_text() for t in loss_axes.get_legend().get_texts()] == ["loss", "ctc"]
+    assert [t.get_text() for t in wer_axes.get_legend().get_texts()] == ["dev WER", "lowest 25.0% (epoch 4)"]
+    wer_ticks = [t.get_text() for t in wer_axes.get_yticklabels()]
+    assert "0%" in wer_ticks and "100%" in wer_ticks
+    epoch_ticks = [t.get_text() for t in wer_axes.get_xticklabels() if t.get_text()]
+    assert epoch_ticks and all(text.lstrip("\u2212-").isdigit() for text in epoch_ticks)  # whole epochs
+    assert any("stage2" in text.get_text() for text in loss_axes.texts)  # where the second phase begins
+
+    path = draw_curves(history, tmp_path / "run" / "curves.png")
+    assert [p.name for p in path.parent.iterdir()] == ["curves.png"]
+    image = read_rgb(path)
+    assert colour_pixels(image, LOSS_COLOUR) > 300 and colour_pixels(image, WER_COLOUR) > 300
+    assert draw_curves([], tmp_path / "none" / "curves.png") is None
