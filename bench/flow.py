@@ -49,13 +49,13 @@ def signer_frames(size: int, count: int) -> np.ndarray:
 
 
 def random_raft_file(folder: Path, name: str) -> Path:
-    """Random weights saved as torchvision's file of that name (no download)."""
+    """Random weights in torchvision's RAFT layout (no download), under a name of their own: the
+    published names are hash-checked."""
     from torchvision.models import optical_flow
 
-    architecture, file_name = {"raft-small": ("raft_small", "raft_small_C_T_V2-01064c6d.pth"),
-                               "raft-large": ("raft_large", "raft_large_C_T_SKHT_V2-ff5fadd5.pth")}[name]
+    architecture = {"raft-small": "raft_small", "raft-large": "raft_large"}[name]
     torch.manual_seed(0)
-    path = folder / file_name
+    path = folder / f"{architecture}_random.pth"
     torch.save(getattr(optical_flow, architecture)(weights=None, progress=False).state_dict(), path)
     return path
 

@@ -54,7 +54,9 @@ Weights (``weights=``): a path; ``None`` = the published file in the torch hub c
 nothing is ever downloaded); ``"none"`` = an explicitly random network (seeded by ``seed``, 0),
 with a :class:`RandomWeightsWarning`: its features are useless for research, fine only for the
 offline demo. Files are loaded with ``weights_only=True`` and strictly (a ``module.`` prefix is
-stripped and the classifier's keys are dropped).
+stripped and the classifier's keys are dropped); a file under a published name must have the
+sha256 its name starts with (:mod:`cslr_pipe.features.weights`). File names and mean/std come from
+torchvision's weights enums (``TorchvisionBackbone.published()``).
 """
 
 from __future__ import annotations
@@ -67,16 +69,16 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.registry import Registry
 
 if TYPE_CHECKING:
     import torch
 
+    from cslr_pipe.features.weights import PublishedWeights
+
 STREAMS = ("rgb", "keypoint", "flow")
 RANDOM_INIT = "none"  # weights="none": a randomly initialised network, explicitly
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-KINETICS_MEAN, KINETICS_STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
-_TORCHVISION_MODELS = "https://download.pytorch.org/models/"
 
 
 class RandomWeightsWarning(UserWarning):
@@ -137,11 +139,10 @@ class TorchvisionBackbone(Backbone):
     """Shared part of the built-ins: a torchvision model with its classifier removed and its stem
     adapted to the stream, loaded from a local file, frozen; per-stream input preparation."""
 
-    FILE = ""  # torchvision's published weights file
+    ARCHITECTURE = ""  # torchvision builder
+    WEIGHTS = ""  # the entry of its weights enum whose file and mean/std are used (published())
     STEM = ""  # state-dict key of the first convolution's weight
     HEAD = ""  # state-dict prefix of the classifier, dropped
-    MEAN: tuple[float, ...] = IMAGENET_MEAN
-    STD: tuple[float, ...] = IMAGENET_STD
     ANTIALIAS = True  # rgb resizing, as the weights' transforms do it
 
     def __init__(self, stream: str = "rgb", weights: str | Path | None = None, device: str = "cpu",
@@ -150,14 +151,14 @@ class TorchvisionBackbone(Backbone):
                  precision: str = "auto", seed: int = 0):
         import torch
 
-        from cslr_pipe.features.weights import load_state_dict, resolve_device
+        from cslr_pipe.features.weights import load_state_dict, resolve_device, torchvision_files
 
         if stream not in STREAMS:
-            raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
+            raise InputError(f"stream must be one of {STREAMS}, got {stream!r}")
         if batch_size < 1 or flow_scale <= 0:
-            raise ValueError("batch_size must be >= 1 and flow_scale > 0")
+            raise InputError("batch_size must be >= 1 and flow_scale > 0")
         if precision not in ("auto", "fp32", "fp16", "bf16"):
-            raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+            raise InputError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
         self.stream, self.batch_size, self.flow_scale = stream, int(batch_size), float(flow_scale)
         self.resize = [resize] if isinstance(resize, int) else list(resize)
         self.crop, self.heatmap_size = [crop, crop], [heatmap_size, heatmap_size]
@@ -173,14 +174,22 @@ class TorchvisionBackbone(Backbone):
                           "features are useless for research (fine only for the offline demo)",
                           RandomWeightsWarning, stacklevel=_outside_stacklevel())
         else:
-            self._load(model, load_state_dict(self.weights))
+            self._load(model, load_state_dict(self.weights, torchvision_files(self.ARCHITECTURE)))
         self.model = model.eval().requires_grad_(False).to(self.device)
         if precision == "auto":
             precision = "fp16" if self.device.type == "cuda" else "fp32"
         self.precision = precision
         self._autocast_dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        self._mean = torch.tensor(self.MEAN, device=self.device)
-        self._std = torch.tensor(self.STD, device=self.device)
+        published = self.published()
+        self._mean = torch.tensor(published.mean, device=self.device)
+        self._std = torch.tensor(published.std, device=self.device)
+
+    @classmethod
+    def published(cls) -> PublishedWeights:
+        """torchvision's record of the file this backbone loads by default, with its mean/std."""
+        from cslr_pipe.features.weights import torchvision_weights
+
+        return torchvision_weights(cls.ARCHITECTURE, cls.WEIGHTS)
 
     @classmethod
     def locate_weights(cls, weights: str | Path | None) -> Path | None:
@@ -188,13 +197,16 @@ class TorchvisionBackbone(Backbone):
 
         if weights == RANDOM_INIT:
             return None
-        return find_weights(weights, cls.FILE, _TORCHVISION_MODELS + cls.FILE)
+        published = cls.published()
+        return find_weights(weights, published.file, published.url)
 
     @abstractmethod
     def _build(self, in_channels: int):
         """The torchvision model, classifier replaced by identity, stem taking in_channels."""
 
     def _load(self, model, state: dict) -> None:
+        from cslr_pipe.features.weights import CheckpointError
+
         state = {key.removeprefix("module."): value for key, value in state.items()}
         state = {key: value for key, value in state.items() if not key.startswith(self.HEAD)}
         stem = state.get(self.STEM)
@@ -204,9 +216,9 @@ class TorchvisionBackbone(Backbone):
             model.load_state_dict(state, strict=True)
         except RuntimeError as error:
             first_line = str(error).strip().splitlines()[0]
-            raise ValueError(f"{self.weights}: not a state dict of torchvision's {self.name} with a "
-                             f"{self.in_channels}-channel stem ({self.FILE} or one saved from this "
-                             f"backbone): {first_line}") from None
+            raise CheckpointError(f"{self.weights}: not a state dict of torchvision's {self.name} with a "
+                                  f"{self.in_channels}-channel stem ({self.published().file} or one saved "
+                                  f"from this backbone): {first_line}") from None
 
     # -- input preparation: chunk [n, ...] -> network input [n, C, h, w] on the device ----------
 
@@ -221,12 +233,12 @@ class TorchvisionBackbone(Backbone):
                   "flow": "[n, 2, h, w]"}[self.stream]
         if self.stream == "rgb":
             if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
-                raise ValueError(f"{self.name}: expected rgb chunks {expect}, got {tuple(x.shape)} {x.dtype}")
+                raise InputError(f"{self.name}: expected rgb chunks {expect}, got {tuple(x.shape)} {x.dtype}")
             x = x.to(self.device).permute(0, 3, 1, 2)
             x = TF.resize(x, self.resize, antialias=self.ANTIALIAS)
             return TF.center_crop(x, self.crop).contiguous()
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"{self.name}: expected {self.stream} chunks {expect}, got {tuple(x.shape)}")
+            raise InputError(f"{self.name}: expected {self.stream} chunks {expect}, got {tuple(x.shape)}")
         x = x.to(self.device)
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         if self.stream == "keypoint":
@@ -271,7 +283,6 @@ class ResNetBackbone(TorchvisionBackbone):
     Frames are gathered into batches of exactly ``batch_size`` (the last one shorter) whatever the
     chunking, so the features do not depend on how the video is chunked (bitwise on the CPU)."""
 
-    ARCHITECTURE = ""  # torchvision builder
     STEM, HEAD = "conv1.weight", "fc."
     dim = 512
 
@@ -310,11 +321,11 @@ class ResNetBackbone(TorchvisionBackbone):
 
 
 class ResNet18(ResNetBackbone):
-    name, ARCHITECTURE, FILE = "resnet18", "resnet18", "resnet18-f37072fd.pth"
+    name, ARCHITECTURE, WEIGHTS = "resnet18", "resnet18", "IMAGENET1K_V1"  # resnet18-f37072fd.pth
 
 
 class ResNet34(ResNetBackbone):
-    name, ARCHITECTURE, FILE = "resnet34", "resnet34", "resnet34-b627a593.pth"
+    name, ARCHITECTURE, WEIGHTS = "resnet34", "resnet34", "IMAGENET1K_V1"  # resnet34-b627a593.pth
 
 
 class S3DBackbone(TorchvisionBackbone):
@@ -339,15 +350,15 @@ class S3DBackbone(TorchvisionBackbone):
     activations at 224x224 in fp32). ``batch_size`` only bounds how many frames are prepared at once.
     """
 
-    name, FILE = "s3d", "s3d-d76dad2f.pth"
+    name, ARCHITECTURE, WEIGHTS = "s3d", "s3d", "KINETICS400_V1"  # s3d-d76dad2f.pth
     STEM, HEAD = "features.0.0.0.weight", "classifier."
-    MEAN, STD, ANTIALIAS = KINETICS_MEAN, KINETICS_STD, False
+    ANTIALIAS = False
     dim, temporal_stride = 1024, 8
 
     def __init__(self, stream: str = "rgb", weights: str | Path | None = None, device: str = "cpu",
                  batch_size: int = 64, window: int = 64, context: int = 32, **options):
         if window < 8 or window % 8 or context < 0 or context % 8:
-            raise ValueError(f"window (>= 8) and context must be multiples of 8, got {window}, {context}")
+            raise InputError(f"window (>= 8) and context must be multiples of 8, got {window}, {context}")
         super().__init__(stream, weights, device, batch_size, **options)
         self.window, self.context = int(window), int(context)
 

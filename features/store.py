@@ -50,13 +50,23 @@ def package_version() -> str:
         return "unknown"
 
 
+_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime, inode) -> sha256, for this process
+
+
 def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of a file, read in 1 MiB blocks. Remembered while the file's size, mtime and
+    inode stay the same, so a weights file hashed for provenance is not read again when its
+    published name is checked (weights files run to hundreds of MB)."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 @dataclass(frozen=True)

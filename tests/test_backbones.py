@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -9,9 +10,10 @@ import pytest
 import torch
 import torchvision
 
-from cslr_pipe.features.backbones import (Backbone, RandomWeightsWarning, backbone_names,
+from cslr_pipe.features.backbones import (Backbone, RandomWeightsWarning, backbone_factory, backbone_names,
                                           build_backbone, cross_modality_init, register_backbone)
-from cslr_pipe.features.weights import MissingWeights
+from cslr_pipe.features.store import sha256_file
+from cslr_pipe.features.weights import CheckpointError, MissingWeights
 
 pytestmark = pytest.mark.filterwarnings("ignore::cslr_pipe.features.backbones.RandomWeightsWarning")
 
@@ -63,16 +65,22 @@ def save_torchvision(name: str, path, seed: int):
     return model.state_dict()
 
 
+def named_by_hash(path):
+    """The file renamed like torchvision's (``<architecture>-<sha256 prefix>.pth``) with its own hash."""
+    return path.rename(path.with_name(f"{path.stem}-{sha256_file(path)[:8]}.pth"))
+
+
 @pytest.fixture(scope="module")
 def weight_files(tmp_path_factory):
-    """Per architecture: two files (seeds 1 and 2) and the first one's state dict."""
+    """Per architecture: two files (seeds 1 and 2) named like torchvision's with their own hash
+    prefix, and the first one's state dict."""
     root = tmp_path_factory.mktemp("weights")
     out = {}
-    for name, file in FILES.items():
+    for name in FILES:
         (root / "1").mkdir(exist_ok=True), (root / "2").mkdir(exist_ok=True)
-        state = save_torchvision(name, root / "1" / file, seed=1)
-        save_torchvision(name, root / "2" / file, seed=2)
-        out[name] = (root / "1" / file, root / "2" / file, state)
+        state = save_torchvision(name, root / "1" / f"{name}.pth", seed=1)
+        save_torchvision(name, root / "2" / f"{name}.pth", seed=2)
+        out[name] = (named_by_hash(root / "1" / f"{name}.pth"), named_by_hash(root / "2" / f"{name}.pth"), state)
     return out
 
 
@@ -142,13 +150,21 @@ def test_torchvision_files_load_strictly(name, weight_files, tmp_path, monkeypat
     clip = video("rgb", frames=8)
     features = backbone.features([clip])
     assert not np.allclose(features, build(name, weights=second).features([clip]))
-    monkeypatch.setenv("TORCH_HOME", str(first.parent.parent))  # weights=None: the hub cache
-    (first.parent.parent / "hub").mkdir(exist_ok=True)
-    checkpoints = first.parent.parent / "hub" / "checkpoints"
-    if not checkpoints.exists():
-        checkpoints.symlink_to(first.parent, target_is_directory=True)
+    # weights=None: the published file in the hub cache; there, another file under its name is refused
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / FILES[name]).symlink_to(first)
+    with pytest.raises(CheckpointError, match=f"{FILES[name]}: refused: its name says its sha256 starts with "
+                                              f"{FILES[name][-12:-4]}"):
+        build(name, weights=None)
+    # ... and the file a record names is loaded from there
+    cls = backbone_factory(name)
+    own = dataclasses.replace(cls.published(), file=first.name)
+    monkeypatch.setattr(cls, "published", classmethod(lambda cls: own))
+    (checkpoints / first.name).symlink_to(first)
     cached = build(name, weights=None)
-    assert cached.weights == checkpoints / FILES[name]
+    assert cached.weights == checkpoints / first.name
     np.testing.assert_array_equal(cached.features([clip]), features)
 
 
@@ -170,7 +186,7 @@ def test_cross_modality_init(name, stem, stream, channels, weight_files, tmp_pat
     reloaded = build(name, stream, weights=tmp_path / "cslr.pt")
     clip = video(stream, frames=8)
     np.testing.assert_array_equal(reloaded.features([clip]), trained.features([clip]))
-    with pytest.raises(ValueError, match="2-channel stem"):  # a keypoint stem cannot read flow
+    with pytest.raises(CheckpointError, match="2-channel stem"):  # a keypoint stem cannot read flow
         build(name, "flow", weights=tmp_path / "cslr.pt")
 
 

@@ -6,6 +6,7 @@ made from it by a known sub-pixel warp, so the true flow is known everywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -20,8 +21,8 @@ from cslr_pipe.features import codecs as C, flow as F
 from cslr_pipe.features.flow.dis import DISFlow
 from cslr_pipe.features.flow.raft import RAFTSmall, raft_padding
 from cslr_pipe.features.flow.stream import iter_flow
-from cslr_pipe.features.store import Provenance, ShardWriter, open_cache, write_index
-from cslr_pipe.features.weights import MissingWeights
+from cslr_pipe.features.store import Provenance, ShardWriter, open_cache, sha256_file, write_index
+from cslr_pipe.features.weights import CheckpointError, MissingWeights
 
 SIZE = 160
 INNER = slice(20, SIZE - 20)  # evaluated away from the borders the warp had to invent
@@ -309,19 +310,22 @@ def test_encode_rejects_bad_input(real_flow):
 # RAFT (random weights in torchvision's layout: the compute and file handling of the real ones)
 
 
-def save_random_raft(folder, architecture: str, file_name: str):
+def save_random_raft(folder, architecture: str, stem: str):
+    """Random weights named like torchvision's file ``<stem>-<hash>.pth`` with their own sha256
+    prefix (under the published name itself they are refused: tests/test_weights.py)."""
     from torchvision.models import optical_flow
 
     torch.manual_seed(0)
     model = getattr(optical_flow, architecture)(weights=None, progress=False)
-    path = folder / file_name
-    torch.save(model.state_dict(), path)
+    saved = folder / f"{stem}.tmp"
+    torch.save(model.state_dict(), saved)
+    path = saved.rename(folder / f"{stem}-{sha256_file(saved)[:8]}.pth")
     return path, model.eval()
 
 
 @pytest.fixture(scope="module")
 def raft_small_file(tmp_path_factory):
-    return save_random_raft(tmp_path_factory.mktemp("raft"), "raft_small", "raft_small_C_T_V2-01064c6d.pth")
+    return save_random_raft(tmp_path_factory.mktemp("raft"), "raft_small", "raft_small_C_T_V2")
 
 
 def test_raft_padding():
@@ -373,19 +377,19 @@ def test_raft_autocast_keeps_the_correlation_in_fp32(photo, raft_small_file):
 
 
 def test_raft_large_end_to_end_and_strict_loading(photo, tmp_path, raft_small_file):
-    path, _ = save_random_raft(tmp_path, "raft_large", "raft_large_C_T_SKHT_V2-ff5fadd5.pth")
+    path, _ = save_random_raft(tmp_path, "raft_large", "raft_large_C_T_SKHT_V2")
     backend = F.build_flow_backend("raft-large", weights=path, num_updates=1)
     first = np.ascontiguousarray(photo[None, :70, :101])
     flow = backend(first, np.roll(first, 1, axis=1))
     assert flow.shape == (1, 2, 70, 101) and np.isfinite(flow).all()
     # another architecture's file is refused, naming the right files
-    with pytest.raises(ValueError, match="raft_large_C_T_SKHT_V2-ff5fadd5.pth"):
+    with pytest.raises(CheckpointError, match="raft_large_C_T_SKHT_V2-ff5fadd5.pth"):
         F.build_flow_backend("raft-large", weights=raft_small_file[0])
     # a file with a missing tensor is refused (strict loading)
     state = torch.load(raft_small_file[0], weights_only=True)
     state.pop(next(iter(state)))
     torch.save(state, tmp_path / "partial.pth")
-    with pytest.raises(ValueError, match="not a torchvision raft_small state dict"):
+    with pytest.raises(CheckpointError, match="not a torchvision raft_small state dict"):
         F.build_flow_backend("raft-small", weights=tmp_path / "partial.pth")
 
 
@@ -400,10 +404,17 @@ def test_raft_weights_found_in_the_hub_cache_or_missing(tmp_path, monkeypatch, r
         F.build_flow_backend("raft-small", weights=tmp_path / "elsewhere.pth")
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    (checkpoints / "raft_small_C_T_V2-01064c6d.pth").write_bytes(raft_small_file[0].read_bytes())
-    assert RAFTSmall.locate_weights(None) == checkpoints / "raft_small_C_T_V2-01064c6d.pth"
+    published = checkpoints / "raft_small_C_T_V2-01064c6d.pth"
+    published.write_bytes(raft_small_file[0].read_bytes())
+    assert RAFTSmall.locate_weights(None) == published
+    with pytest.raises(CheckpointError, match="01064c6d"):  # found, and not torchvision's file
+        F.build_flow_backend("raft-small")
+    # the hub cache holding the file a record names is where weights=None loads it from
+    own = dataclasses.replace(RAFTSmall.published(), file=raft_small_file[0].name)
+    monkeypatch.setattr(RAFTSmall, "published", classmethod(lambda cls: own))
+    (checkpoints / own.file).write_bytes(raft_small_file[0].read_bytes())
     backend = F.build_flow_backend("raft-small", num_updates=1)
-    assert backend.weights == checkpoints / "raft_small_C_T_V2-01064c6d.pth"
+    assert backend.weights == checkpoints / own.file
     with pytest.raises(ValueError, match="precision"):
         F.build_flow_backend("raft-small", precision="fp8")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 from click.testing import CliRunner
 
 from cslr_pipe.features.flow import build_flow_backend
@@ -53,3 +54,16 @@ def test_raft_without_weights_stops_with_one_line(tiny_corpus, tmp_path, monkeyp
     assert result.exit_code == 2 and "raft_small_C_T_V2-01064c6d.pth" in result.output
     unknown = invoke("extract-flow", "--manifest", manifest, "--out", tmp_path / "c", "--backend", "nope")
     assert unknown.exit_code == 2 and "nope" in unknown.output
+
+
+def test_another_file_under_a_published_name_stops_with_one_line(tiny_corpus, tmp_path):
+    from torchvision.models import optical_flow
+
+    manifest, _ = tiny_corpus
+    weights = tmp_path / "raft_small_C_T_V2-01064c6d.pth"  # random weights: not torchvision's file
+    torch.save(optical_flow.raft_small(weights=None, progress=False).state_dict(), weights)
+    result = invoke("extract-flow", "--manifest", manifest, "--out", tmp_path / "c", "--backend", "raft-small",
+                    "--weights", weights)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "sha256 starts with 01064c6d" in errors[0] and "Traceback" not in result.output

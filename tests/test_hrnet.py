@@ -17,10 +17,11 @@ from cslr_pipe.features.pose import build_pose_backend
 from cslr_pipe.features.pose.dark import decode_dark, gaussian_modulate, heatmap_maximum
 from cslr_pipe.features.pose.hrnet import hrnet_w48_wholebody
 from cslr_pipe.features.pose.hrnet_backend import (
-    CHECKPOINT, MEAN, STD, HRNetWholeBody, apply_affine, box_center_scale, flip_heatmaps,
+    WEIGHTS, HRNetWholeBody, apply_affine, box_center_scale, flip_heatmaps,
     keypoints_from_heatmaps, model_state_dict, warp_matrix)
 from cslr_pipe.features.pose.wholebody import NUM_KEYPOINTS, flip_permutation
-from cslr_pipe.features.weights import MissingWeights
+from cslr_pipe.features.store import sha256_file
+from cslr_pipe.features.weights import CheckpointError, MissingWeights
 
 # HRNet-W48 at 384x288 has 63.6M parameters (Sun et al. 2019, 17 COCO keypoints: 63,595,745);
 # the 133-channel head adds 116 x 49 = 5,684.
@@ -40,10 +41,11 @@ def model() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def checkpoint(model, tmp_path_factory):
-    """The model saved like mmpose's 2020 file: {"meta", "state_dict": backbone.*, keypoint_head.*}."""
-    path = tmp_path_factory.mktemp("weights") / CHECKPOINT
-    torch.save({"meta": {"mmpose_version": "0.7.0", "epoch": 210}, "state_dict": model.state_dict()}, path)
-    return path
+    """The model saved like mmpose's 2020 file: {"meta", "state_dict": backbone.*, keypoint_head.*},
+    named like it with its own sha256 prefix (checked when loaded: it must match)."""
+    saved = tmp_path_factory.mktemp("weights") / "hrnet.tmp"
+    torch.save({"meta": {"mmpose_version": "0.7.0", "epoch": 210}, "state_dict": model.state_dict()}, saved)
+    return saved.rename(saved.parent / f"{WEIGHTS.stem}-{sha256_file(saved)[:8]}_20200918.pth")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,17 @@ def test_missing_weights_name_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(MissingWeights) as error:
         build_pose_backend("hrnet")
-    assert CHECKPOINT in str(error.value) and "download.openmmlab.com" in str(error.value)
+    assert WEIGHTS.file in str(error.value) and "download.openmmlab.com" in str(error.value)
+
+
+def test_another_file_under_the_published_name_is_refused(checkpoint, tmp_path):
+    published = tmp_path / WEIGHTS.file
+    published.symlink_to(checkpoint)  # our random model, not mmpose's file
+    with pytest.raises(CheckpointError) as error:
+        HRNetWholeBody(published)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{published}: refused")
+    assert "f5726563" in message and checkpoint.name.split("-")[-1][:8] in message and WEIGHTS.url in message
 
 
 def test_key_mismatch_fails_loudly(tmp_path):
@@ -225,7 +237,7 @@ class BrightSpot(nn.Module):
     """A stand-in model: every heatmap is a sigma-2 Gaussian at the crop's brightness centroid."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        brightness = (x[:, 0] * STD[0] + MEAN[0]).clamp(min=0)  # [N, 384, 288]
+        brightness = (x[:, 0] * WEIGHTS.std[0] + WEIGHTS.mean[0]).clamp(min=0)  # [N, 384, 288]
         ys, xs = torch.meshgrid(torch.arange(384.0), torch.arange(288.0), indexing="ij")
         total = brightness.sum((1, 2))
         cx, cy = (brightness * xs).sum((1, 2)) / total / 4, (brightness * ys).sum((1, 2)) / total / 4

@@ -1,10 +1,12 @@
 """The "raft-small" and "raft-large" flow backends: torchvision's RAFT (Teed & Deng 2020).
 
 Built with ``weights=None`` and loaded strictly from a local file, never downloaded: by default
-``raft_small_C_T_V2-01064c6d.pth`` / ``raft_large_C_T_SKHT_V2-ff5fadd5.pth`` in the torch hub cache
-(``$TORCH_HOME/hub/checkpoints``), or any other torchvision RAFT file of the same architecture by
-path (``weights=``). Frames are scaled to [-1, 1], padded by edge replication (centred) to a
-multiple of 8 and to at least ``min_size`` (128) px per side, and cropped back after.
+torchvision's ``raft_small_C_T_V2-01064c6d.pth`` / ``raft_large_C_T_SKHT_V2-ff5fadd5.pth`` (the
+records of its weights enums) in the torch hub cache (``$TORCH_HOME/hub/checkpoints``), or any
+other RAFT state dict of the same architecture by path (``weights=``); a file under a published
+name must have the sha256 its name starts with. Frames are scaled to [-1, 1], padded by edge
+replication (centred) to a multiple of 8 and to at least ``min_size`` (128) px per side, and
+cropped back after.
 Options: ``num_updates`` (12) refinement steps, the last one returned; ``batch_size`` pairs per
 forward pass (8); ``precision`` ``auto`` (fp16 autocast on CUDA, fp32 elsewhere), ``fp32``,
 ``fp16`` or ``bf16``; ``device`` ``cpu``, ``cuda[:i]`` or ``auto``.
@@ -15,13 +17,15 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.flow import FlowBackend, check_pairs
 
-_TORCHVISION_MODELS = "https://download.pytorch.org/models/"
+if TYPE_CHECKING:
+    from cslr_pipe.features.weights import PublishedWeights
 
 
 def raft_padding(height: int, width: int, multiple: int = 8, min_size: int = 128) -> tuple[int, int, int, int]:
@@ -54,15 +58,14 @@ class RAFTFlow(FlowBackend):
 
     name = ""
     ARCHITECTURE = ""  # torchvision builder: raft_small or raft_large
-    FILE = ""  # default weights file, looked for in the torch hub cache
-    FILES: tuple[str, ...] = ()  # every file torchvision publishes for this architecture
+    WEIGHTS = ""  # the entry of its weights enum looked for in the torch hub cache by default
 
     def __init__(self, weights: Path | None = None, device: str = "cpu", num_updates: int = 12,
                  batch_size: int = 8, precision: str = "auto", min_size: int = 128):
         import torch
         from torchvision.models import optical_flow
 
-        from cslr_pipe.features.weights import load_state_dict, resolve_device
+        from cslr_pipe.features.weights import CheckpointError, load_state_dict, resolve_device, torchvision_files
 
         if num_updates < 1 or batch_size < 1:
             raise InputError("num_updates and batch_size must be >= 1")
@@ -71,13 +74,14 @@ class RAFTFlow(FlowBackend):
         self.device = torch.device(resolve_device(device))
         self.weights = self.locate_weights(weights)
         model = getattr(optical_flow, self.ARCHITECTURE)(weights=None, progress=False)
-        state = load_state_dict(self.weights)
+        state = load_state_dict(self.weights, torchvision_files(self.ARCHITECTURE))
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as error:
             first_line = str(error).strip().splitlines()[0]
-            raise ValueError(f"{self.weights}: not a torchvision {self.ARCHITECTURE} state dict "
-                             f"(files for {self.name}: {', '.join(self.FILES)}): {first_line}") from None
+            files = ", ".join(record.file for record in self.published_files())
+            raise CheckpointError(f"{self.weights}: not a torchvision {self.ARCHITECTURE} state dict "
+                                  f"(files for {self.name}: {files}): {first_line}") from None
         self.model = model.eval().requires_grad_(False).to(self.device)
         self.num_updates = int(num_updates)
         self.batch_size = int(batch_size)
@@ -90,10 +94,26 @@ class RAFTFlow(FlowBackend):
             _correlation_in_fp32(self.model.corr_block, self.device.type)
 
     @classmethod
+    def published(cls) -> PublishedWeights:
+        """torchvision's record of the default file."""
+        from cslr_pipe.features.weights import torchvision_weights
+
+        return torchvision_weights(cls.ARCHITECTURE, cls.WEIGHTS)
+
+    @classmethod
+    def published_files(cls) -> tuple[PublishedWeights, ...]:
+        """Every file torchvision publishes for this architecture, the default first."""
+        from cslr_pipe.features.weights import torchvision_files
+
+        default = cls.published()
+        return (default, *(record for record in torchvision_files(cls.ARCHITECTURE) if record != default))
+
+    @classmethod
     def locate_weights(cls, weights: Path | None) -> Path:
         from cslr_pipe.features.weights import find_weights
 
-        return find_weights(weights, cls.FILE, _TORCHVISION_MODELS + cls.FILE)
+        published = cls.published()
+        return find_weights(weights, published.file, published.url)
 
     def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         first, second = check_pairs(first, second)
@@ -132,16 +152,8 @@ class RAFTFlow(FlowBackend):
 
 
 class RAFTSmall(RAFTFlow):
-    name = "raft-small"
-    ARCHITECTURE = "raft_small"
-    FILE = "raft_small_C_T_V2-01064c6d.pth"
-    FILES = ("raft_small_C_T_V2-01064c6d.pth", "raft_small_C_T_V1-ad48884c.pth")
+    name, ARCHITECTURE, WEIGHTS = "raft-small", "raft_small", "C_T_V2"  # raft_small_C_T_V2-01064c6d.pth
 
 
 class RAFTLarge(RAFTFlow):
-    name = "raft-large"
-    ARCHITECTURE = "raft_large"
-    FILE = "raft_large_C_T_SKHT_V2-ff5fadd5.pth"
-    FILES = ("raft_large_C_T_SKHT_V2-ff5fadd5.pth", "raft_large_C_T_SKHT_K_V2-b5c70766.pth",
-             "raft_large_C_T_V2-1bb1363a.pth", "raft_large_C_T_SKHT_V1-0b8c9e55.pth",
-             "raft_large_C_T_SKHT_K_V1-4a6a5039.pth", "raft_large_C_T_V1-22a6c225.pth")
+    name, ARCHITECTURE, WEIGHTS = "raft-large", "raft_large", "C_T_SKHT_V2"  # raft_large_C_T_SKHT_V2-ff5fadd5.pth

@@ -30,19 +30,26 @@ import cv2
 import numpy as np
 import torch
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.pose import PoseBackend
 from cslr_pipe.features.pose.dark import decode_dark
 from cslr_pipe.features.pose.hrnet import hrnet_w48_wholebody
 from cslr_pipe.features.pose.wholebody import NUM_KEYPOINTS, flip_permutation
-from cslr_pipe.features.weights import find_weights, load_state_dict, resolve_device
+from cslr_pipe.features.weights import (CheckpointError, PublishedWeights, find_weights, load_state_dict,
+                                        resolve_device)
 
-CHECKPOINT = "hrnet_w48_coco_wholebody_384x288_dark-f5726563_20200918.pth"
-PUBLISHED = f"https://download.openmmlab.com/mmpose/top_down/hrnet/{CHECKPOINT}"
+# mmpose's checkpoint (torchvision publishes no whole-body model); the hash in its name is the start
+# of its sha256 (mmpose's tools/misc/publish_model.py). Mean/std: ImageNet's, on 0-255 RGB as the
+# 1.x config's data_preprocessor gives them (0.x: NormalizeTensor on [0, 1], the same values / 255).
+WEIGHTS = PublishedWeights(
+    file="hrnet_w48_coco_wholebody_384x288_dark-f5726563_20200918.pth",
+    url="https://download.openmmlab.com/mmpose/top_down/hrnet/"
+        "hrnet_w48_coco_wholebody_384x288_dark-f5726563_20200918.pth",
+    mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), value_range=255.0,
+    source="mmpose config td-hm_hrnet-w48_dark-8xb32-210e_coco-wholebody-384x288")
 INPUT_SIZE = (288, 384)  # model input (w, h); heatmaps are 72x96
 PADDING = 1.25  # mmpose's GetBBoxCenterScale default
 BLUR_KERNEL = 11  # mmpose 1.x's DARK modulation kernel (MSRAHeatmap default); 0.x's config: 17
-MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255
-STD = (58.395, 57.12, 57.375)
 
 
 def box_center_scale(boxes: np.ndarray, padding: float = PADDING,
@@ -106,16 +113,16 @@ def keypoints_from_heatmaps(heatmaps: np.ndarray, centers: np.ndarray, scales: n
 
 def model_state_dict(checkpoint: dict, expected, source: str | Path = "checkpoint") -> dict:
     """An mmpose checkpoint's tensors under this model's names: ``head.*`` (mmpose 1.x) becomes
-    ``keypoint_head.*`` (0.x); any key missing or left over raises ValueError naming it."""
+    ``keypoint_head.*`` (0.x); any key missing or left over raises CheckpointError naming it."""
     state = {("keypoint_head." + key[len("head."):] if key.startswith("head.") else key): value
              for key, value in checkpoint.items()}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-        raise ValueError(f"{source} is not an HRNet-W48 COCO-WholeBody checkpoint: "
-                         f"{len(missing)} keys missing [{show(missing)}], "
-                         f"{len(unexpected)} unexpected [{show(unexpected)}]")
+        raise CheckpointError(f"{source} is not an HRNet-W48 COCO-WholeBody checkpoint: "
+                              f"{len(missing)} keys missing [{show(missing)}], "
+                              f"{len(unexpected)} unexpected [{show(unexpected)}]")
     return state
 
 
@@ -132,15 +139,15 @@ class HRNetWholeBody(PoseBackend):
 
     @classmethod
     def locate_weights(cls, weights: Path | None) -> Path:
-        return find_weights(weights, CHECKPOINT, PUBLISHED)
+        return find_weights(weights, WEIGHTS.file, WEIGHTS.url)
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", flip_test: bool = True,
                  batch_size: int = 16, box=None, padding: float = PADDING, blur_kernel: int = BLUR_KERNEL,
                  precision: str = "auto"):
-        path = find_weights(weights, CHECKPOINT, PUBLISHED)
+        path = self.locate_weights(weights)
         with torch.device("meta"):  # no memory, no random init: every tensor comes from the file
             model = hrnet_w48_wholebody(NUM_KEYPOINTS)
-        state = model_state_dict(load_state_dict(path), model.state_dict().keys(), path)
+        state = model_state_dict(load_state_dict(path, (WEIGHTS,)), model.state_dict().keys(), path)
         model.load_state_dict({key: value.float() if value.is_floating_point() else value
                                for key, value in state.items()}, strict=True, assign=True)
         self._setup(model, device, flip_test, batch_size, box, padding, blur_kernel, precision)
@@ -159,7 +166,7 @@ class HRNetWholeBody(PoseBackend):
     def _setup(self, model, device, flip_test, batch_size, box, padding, blur_kernel, precision="auto") -> None:
         self.device = resolve_device(device)
         if precision not in ("auto", "fp32", "fp16", "bf16"):
-            raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+            raise InputError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
         if precision == "auto":  # fp16 autocast on CUDA, fp32 elsewhere
             precision = "fp16" if self.device.startswith("cuda") else "fp32"
         self.precision = precision
@@ -169,14 +176,14 @@ class HRNetWholeBody(PoseBackend):
         self.padding = float(padding)
         self.blur_kernel = int(blur_kernel)
         self.model = model.to(self.device).eval()
-        self._mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
+        self._mean = torch.tensor(WEIGHTS.mean, device=self.device).view(1, 3, 1, 1)  # on 0-255 values
+        self._std = torch.tensor(WEIGHTS.std, device=self.device).view(1, 3, 1, 1)
         self._permutation = torch.as_tensor(flip_permutation(), device=self.device)
 
     def __call__(self, frames: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"expected frames [n, H, W, 3], got shape {frames.shape}")
+            raise InputError(f"expected frames [n, H, W, 3], got shape {frames.shape}")
         n, height, width = frames.shape[:3]
         if boxes is None:
             box = self.box if self.box is not None else np.array([0.0, 0.0, width, height])
