@@ -46,11 +46,10 @@ def register_decoder(name: str, decoder: Decoder) -> None:
 
 
 def decode_values(values: np.ndarray, attrs: dict, where: str = "dataset") -> np.ndarray:
-    """Stored values and their dataset attributes -> physical units (float16 widened to float32).
-    An unknown encoding raises InputError naming ``where``."""
-    encoding = attrs.get("encoding", "raw")
-    if encoding == "raw":
-        return values.astype(np.float32) if values.dtype == np.float16 else values
+    """Values stored with an encoding, and their dataset attributes -> physical units (raw values
+    are read as they are, by :func:`cslr_pipe.features.store.decode`). An unknown encoding raises
+    InputError naming ``where``."""
+    encoding = attrs["encoding"]
     if encoding not in DECODERS:
         raise InputError(f"{where}: unknown encoding {encoding!r}; known: raw, {', '.join(sorted(DECODERS))}")
     return DECODERS[encoding](values, attrs)

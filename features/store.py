@@ -175,9 +175,12 @@ def write_index(stage_dir: str | Path) -> dict:
 
 
 def decode(dataset: h5py.Dataset) -> np.ndarray:
-    """A dataset's values in physical units (float16 is widened to float32); its ``encoding``
-    attribute names the decoder (:mod:`cslr_pipe.features.codecs`)."""
-    return decode_values(dataset[()], dict(dataset.attrs), f"{dataset.file.filename}:{dataset.name}")
+    """A dataset's values in physical units (float16 is widened to float32); an ``encoding``
+    attribute other than raw names the decoder (:mod:`cslr_pipe.features.codecs`)."""
+    values, attrs = dataset[()], dict(dataset.attrs)
+    if attrs.get("encoding", "raw") == "raw":  # stored as computed: no codec to run
+        return values.astype(np.float32) if values.dtype == np.float16 else values
+    return decode_values(values, attrs, f"{dataset.file.filename}:{dataset.name}")
 
 
 # ---------------------------------------------------------------------------------------------
