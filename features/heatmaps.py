@@ -34,6 +34,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.pose.wholebody import KEYPOINT_ORDERS
 
 QUANT_SCALE = 255  # uint8 step: quantisation error <= 0.5 / 255 = 1/510
@@ -64,7 +65,7 @@ def _point_indices(points: str | Sequence[int] | None) -> tuple[int, ...] | None
         return None
     if isinstance(points, str):
         if points not in KEYPOINT_ORDERS:
-            raise ValueError(f"unknown keypoint order {points!r}; known: {sorted(KEYPOINT_ORDERS)}")
+            raise InputError(f"unknown keypoint order {points!r}; known: {sorted(KEYPOINT_ORDERS)}")
         return tuple(KEYPOINT_ORDERS[points])
     return tuple(int(i) for i in points)
 
@@ -188,7 +189,7 @@ def _chunks(keypoints, frame_size, out_size, sigma, threshold, points, chunk_siz
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     grid = tuple(int(n) for n in (render_size or out_size))
     if len(grid) != 2 or min(grid) < 1:
-        raise ValueError(f"render_size must be (height, width) >= 1, got {render_size}")
+        raise InputError(f"render_size must be (height, width) >= 1, got {render_size}")
     x, y, valid, device, out_dtype = _prepare(keypoints, frame_size, grid, threshold, points, dtype)
     yield x.shape[0], x.shape[1], out_dtype, device
     float64_out = str(out_dtype).endswith("float64")

@@ -165,7 +165,7 @@ def slurm_cluster(spec: dict):
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
-        raise RuntimeError("cluster kind 'slurm' needs dask-jobqueue: pip install 'cslr-pipe[slurm]'") from None
+        raise InputError("cluster kind 'slurm' needs dask-jobqueue: pip install 'cslr-pipe[slurm]'") from None
     return SLURMCluster(**spec)
 
 

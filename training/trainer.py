@@ -315,7 +315,7 @@ def train(config: TrainConfig, run: Run, resume: bool = False, log: Callable[[st
     train_loader = make_loader(run, config, "train", True, rank, world_size)
     dev_loader = make_loader(run, config, "dev", False, rank, world_size)
     if len(dev_loader.dataset) == 0:  # else every epoch would score 0 % and best.pt be the first epoch's
-        raise ValueError(f"{run.manifest}: no dev videos with cached {', '.join(config.streams)}: training "
+        raise InputError(f"{run.manifest}: no dev videos with cached {', '.join(config.streams)}: training "
                          f"selects its best checkpoint by dev WER")
     dims = input_dims(train_loader.dataset, config.streams)
     model = build_model(config, dims, len(run.vocabulary)).to(device)
@@ -435,7 +435,7 @@ def initialise_from(model: torch.nn.Module, config: TrainConfig, vocabulary: lis
 RESUMABLE_CHANGES = ("device", "num_workers")  # settings that do not change what is computed
 
 
-class SettingsChangedError(ValueError):
+class SettingsChangedError(InputError):
     """A run was asked to continue with settings or data other than those it began with."""
 
 

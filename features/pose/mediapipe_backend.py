@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.pose import PoseBackend
 from cslr_pipe.features.pose.wholebody import FACE, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND
 from cslr_pipe.features.quiet import native_stderr_silenced
@@ -167,7 +168,7 @@ class MediaPipeHolistic(PoseBackend):
     @classmethod
     def locate_weights(cls, weights: Path | None) -> Path | None:
         if weights is not None:
-            raise ValueError(f"the 'mediapipe' pose backend takes no weights file (its models are "
+            raise InputError(f"the 'mediapipe' pose backend takes no weights file (its models are "
                              f"inside the mediapipe wheel), got {weights}")
         return None
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cslr_pipe.features.errors import MissingFileError
 from cslr_pipe.features.pose import PoseBackend
 from cslr_pipe.features.weights import find_weights, load_state_dict, resolve_device
 
@@ -53,7 +54,7 @@ def find_config(mmpose_module, config: str | Path | None = None) -> Path:
     if config is not None:
         path = Path(config)
         if not path.is_file():
-            raise FileNotFoundError(f"mmpose config {path} not found")
+            raise MissingFileError(f"mmpose config {path} not found")
         return path
     package = Path(mmpose_module.__file__).resolve().parent
     roots = [package / ".mim" / "configs", package.parent / "configs"]
@@ -64,7 +65,7 @@ def find_config(mmpose_module, config: str | Path | None = None) -> Path:
         found = sorted(root.rglob(CONFIG)) if root.is_dir() else []
         if found:
             return found[0]
-    raise FileNotFoundError(f"{CONFIG} not found under {' or '.join(map(str, roots))}; "
+    raise MissingFileError(f"{CONFIG} not found under {' or '.join(map(str, roots))}; "
                             "pass its path with the backend option config=...")
 
 

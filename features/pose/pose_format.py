@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.files import atomic_write_bytes, inside
 from cslr_pipe.features.pose.wholebody import (BODY, FACE, FEET, LEFT_HAND, NAMES, NUM_KEYPOINTS,
                                                RIGHT_HAND, SKELETON)
@@ -140,7 +141,7 @@ def pose_bytes(keypoints, fps: float, width, height) -> bytes:
         raise ValueError(f"too many frames for a .pose file: {frames}")
     fps = float(fps)
     if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive number, got {fps!r}")
+        raise InputError(f"fps must be a positive number, got {fps!r}")
 
     xy = keypoints[..., :2]
     score = keypoints[..., 2]
@@ -172,7 +173,7 @@ class _Reader:
 
     def unpack(self, fmt: struct.Struct):
         if self.offset + fmt.size > len(self.buffer):
-            raise ValueError("truncated .pose file")
+            raise InputError("truncated .pose file")
         values = fmt.unpack_from(self.buffer, self.offset)
         self.offset += fmt.size
         return values if len(values) > 1 else values[0]
@@ -180,7 +181,7 @@ class _Reader:
     def string(self) -> str:
         length = self.unpack(_U16)
         if self.offset + length > len(self.buffer):
-            raise ValueError("truncated .pose file")
+            raise InputError("truncated .pose file")
         text = self.buffer[self.offset:self.offset + length].decode("utf-8")
         self.offset += length
         return text
@@ -188,7 +189,7 @@ class _Reader:
     def floats(self, shape: tuple[int, ...]) -> np.ndarray:
         count = int(np.prod(shape))
         if self.offset + 4 * count > len(self.buffer):
-            raise ValueError("truncated .pose file")
+            raise InputError("truncated .pose file")
         array = np.frombuffer(self.buffer, dtype="<f4", count=count, offset=self.offset)
         self.offset += 4 * count
         return array.reshape(shape).astype(np.float32)
@@ -202,7 +203,7 @@ def read_pose_header(buffer: bytes) -> tuple[dict, int]:
     reader = _Reader(buffer)
     version = reader.unpack(_F32)
     if round(version, 3) != POSE_FORMAT_VERSION:
-        raise ValueError(f"unsupported .pose version {version:.3f} (only {POSE_FORMAT_VERSION} is read)")
+        raise InputError(f"unsupported .pose version {version:.3f} (only {POSE_FORMAT_VERSION} is read)")
     width, height, depth = reader.unpack(_U16x3)
     components = []
     for _ in range(reader.unpack(_U16)):
@@ -229,10 +230,10 @@ def read_pose_file(path: str | Path) -> tuple[np.ndarray, float, int, int]:
     header, offset = read_pose_header(buffer)
     formats = {c["format"] for c in header["components"]}
     if formats != {POINT_FORMAT}:
-        raise ValueError(f"only {POINT_FORMAT} points are read, the file has {sorted(formats)}")
+        raise InputError(f"only {POINT_FORMAT} points are read, the file has {sorted(formats)}")
     n_points = sum(len(c["points"]) for c in header["components"])
     if n_points != NUM_KEYPOINTS:
-        raise ValueError(f"expected {NUM_KEYPOINTS} points, the file has {n_points}")
+        raise InputError(f"expected {NUM_KEYPOINTS} points, the file has {n_points}")
 
     reader = _Reader(buffer)
     reader.offset = offset
@@ -242,7 +243,7 @@ def read_pose_file(path: str | Path) -> tuple[np.ndarray, float, int, int]:
     data = reader.floats((frames, people, n_points, 2))
     confidence = reader.floats((frames, people, n_points))
     if reader.offset != len(buffer):
-        raise ValueError(f".pose file has {len(buffer) - reader.offset} unexpected trailing bytes")
+        raise InputError(f".pose file has {len(buffer) - reader.offset} unexpected trailing bytes")
     keypoints = np.zeros((frames, n_points, 3), dtype=np.float32)
     if people:
         keypoints[..., :2] = data[:, 0]
