@@ -5,7 +5,7 @@ A backbone reads a stream in chunks along time, in the units the other stages pr
 - ``rgb``: frames [n, H, W, 3] uint8 RGB (``video.iter_frames``);
 - ``keypoint``: heatmaps [n, K, h, w] float in [0, 1] (``heatmaps.iter_heatmaps``; K = 79 for
   TwoStream-SLR's points; uint8 heatmaps from ``quantize_heatmaps`` are read as code / 255);
-- ``flow``: fields [n, 2, h, w] float32 pixels (``flow.stream.iter_flow``: T - 1 fields for T frames).
+- ``flow``: fields [n, 2, h, w] float32 pixels (``flow.iter_flow``: T - 1 fields for T frames).
 
 and returns features [T', D] (``features``) or yields them batch by batch (``iter_features``).
 Memory is bounded by ``batch_size`` frames (per-frame models) or one window (S3D), never by the

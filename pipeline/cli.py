@@ -154,15 +154,15 @@ def open_workflow(workflow_file: Path, manifest: Path | None, out: Path | None):
 def extract_keypoints(backend: str, weights: Path | None, backend_options: tuple[str, ...],
                       export_dir: Path | None, device: str, **common) -> None:
     """Whole-body keypoints [T, 133, 3] (x, y, score in source pixels) per video (stage `keypoints`)."""
-    from cslr_pipe.features.pose.pose_format import export_pose_files
-    from cslr_pipe.features.store import open_cache
-
     config = {"backend": backend, "weights": str(weights) if weights else None,
               "options": parse_options(backend_options)}
     try:
         run_stage_command("keypoints", config, device=device, **common)
     finally:
         if export_dir is not None and (common["out"] / "keypoints").is_dir():
+            from cslr_pipe.features.pose.pose_format import export_pose_files
+            from cslr_pipe.features.store import open_cache
+
             written = export_pose_files(open_cache(common["out"]), export_dir)
             click.echo(f"pose-format: {written} .pose files in {export_dir}")
 

@@ -19,8 +19,7 @@ import numpy as np
 from cslr_pipe.features.backbones import RANDOM_INIT, RandomWeightsWarning, backbone_factory, build_backbone
 from cslr_pipe.features.codecs import DEFAULT_BOUND, DEFAULT_STORAGE, iter_encode_flow, quantize_linear
 from cslr_pipe.features.errors import InputError, MissingFileError
-from cslr_pipe.features.flow import build_flow_backend, flow_backend_factory
-from cslr_pipe.features.flow.stream import iter_flow
+from cslr_pipe.features.flow import build_flow_backend, flow_backend_factory, iter_flow
 from cslr_pipe.features.heatmaps import PRESETS as HEATMAP_PRESETS, iter_heatmaps
 from cslr_pipe.features.manifest import ManifestRow
 from cslr_pipe.features.pose import build_pose_backend, pose_backend_factory

@@ -1,4 +1,4 @@
-"""Optical flow backends (features/flow/), streaming (flow/stream.py) and storage (features/codecs.py).
+"""Optical flow backends (features/flow/), streaming (flow.iter_flow) and storage (features/codecs.py).
 
 Motion tests use a real photo that ships with matplotlib (grace_hopper.jpg) and a second frame
 made from it by a known sub-pixel warp, so the true flow is known everywhere.
@@ -18,9 +18,9 @@ import torch
 from matplotlib import cbook
 
 from cslr_pipe.features import codecs as C, flow as F
-from cslr_pipe.features.flow.dis import DISFlow
+from cslr_pipe.features.flow import iter_flow
+from cslr_pipe.features.flow.opencv import DISFlow
 from cslr_pipe.features.flow.raft import RAFTSmall, raft_padding
-from cslr_pipe.features.flow.stream import iter_flow
 from cslr_pipe.features.store import Provenance, ShardWriter, open_cache, sha256_file, write_index
 from cslr_pipe.features.weights import CheckpointError, MissingWeights
 

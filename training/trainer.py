@@ -41,7 +41,7 @@ from cslr_pipe.training.data import (Augmentation, CachedSequenceDataset, Length
 from cslr_pipe.training.decoding import beam_search_decode, greedy_decode
 from cslr_pipe.training.metrics import WERDetails, wer_details
 from cslr_pipe.training.models import MODELS
-from cslr_pipe.training.options import checked_options
+from cslr_pipe.features.registry import checked_options
 
 CHECKPOINT_VERSION = 1
 

@@ -5,17 +5,17 @@ Convention. A backend maps pairs of RGB uint8 frames ``first, second [n, H, W, 3
 ``first(p) ~ second(p + flow(p))`` (backward warping), as OpenCV's ``calcOpticalFlow*(prev,
 next)`` and torchvision's ``raft(image1, image2)`` return it.
 
-Built-ins (``build_flow_backend(name, weights=None, device="cpu", **options)``), one module each:
-``dis`` (the default; :mod:`.dis`), ``farneback`` (:mod:`.farneback`), ``raft-small`` and
-``raft-large`` (:mod:`.raft`). Streaming over a long video: :func:`.stream.iter_flow`. Storage
-and colour-wheel pictures: :mod:`cslr_pipe.features.codecs`. Speeds: docs/benchmarks.md.
+Built-ins (``build_flow_backend(name, weights=None, device="cpu", **options)``): ``dis`` (the
+default) and ``farneback`` (:mod:`.opencv`), ``raft-small`` and ``raft-large`` (:mod:`.raft`).
+Streaming over a long video in bounded memory: :func:`iter_flow`. Storage and colour-wheel
+pictures: :mod:`cslr_pipe.features.codecs`. Speeds: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -64,8 +64,8 @@ Factory = Callable[..., FlowBackend]  # (weights: Path | None, device: str, **op
 # Built-in backends by import path, so that importing this package imports none of their
 # dependencies (OpenCV; torch and torchvision for RAFT).
 BACKENDS = Registry("flow backend", {
-    "dis": f"{__name__}.dis:DISFlow",
-    "farneback": f"{__name__}.farneback:FarnebackFlow",
+    "dis": f"{__name__}.opencv:DISFlow",
+    "farneback": f"{__name__}.opencv:FarnebackFlow",
     "raft-small": f"{__name__}.raft:RAFTSmall",
     "raft-large": f"{__name__}.raft:RAFTLarge",
 })
@@ -78,3 +78,30 @@ def build_flow_backend(name: str, weights: str | Path | None = None, device: str
                        **options) -> FlowBackend:
     """Build a backend by name, with its weights file (if it needs one) and options."""
     return flow_backend_factory(name)(weights=Path(weights) if weights else None, device=device, **options)
+
+
+def iter_flow(backend: FlowBackend | Callable[[np.ndarray, np.ndarray], np.ndarray],
+              frame_chunks: Iterable[np.ndarray], batch: int = 64) -> Iterator[np.ndarray]:
+    """Flow between consecutive frames of a video given as chunks [n_i, H, W, 3] (as
+    ``iter_frames`` yields them): yields [m, 2, H, W] chunks, ``batch`` pairs each (the last may
+    be shorter), T - 1 fields in all (none for a one-frame video). The last frame of each chunk is
+    carried into the next, so memory is the chunk being read plus at most ``batch`` frames,
+    however long the video. Empty chunks are skipped. To store the result:
+    :func:`cslr_pipe.features.codecs.iter_encode_flow`."""
+    if batch < 1:
+        raise InputError("batch must be >= 1")
+    pending: np.ndarray | None = None  # frames not yet used as the first of a pair, plus one
+    for chunk in frame_chunks:
+        chunk = np.asarray(chunk)
+        if chunk.ndim != 4:
+            raise InputError(f"expected frame chunks [n, H, W, 3], got shape {chunk.shape}")
+        if len(chunk) == 0:
+            continue
+        if pending is not None and pending.shape[1:] != chunk.shape[1:]:
+            raise InputError(f"frame chunk of shape {chunk.shape[1:]} after frames of {pending.shape[1:]}")
+        pending = chunk if pending is None else np.concatenate([pending, chunk])
+        while len(pending) > batch:
+            yield backend(pending[:batch], pending[1:batch + 1])
+            pending = pending[batch:]
+    if pending is not None and len(pending) > 1:
+        yield backend(pending[:-1], pending[1:])

@@ -47,9 +47,9 @@ from torch.nn.utils.rnn import pad_sequence
 
 from cslr_pipe.features.errors import InputError
 from cslr_pipe.training.diffusion import DiffusionConfig, GaussianDiffusion
-from cslr_pipe.training.models.ctc import CTCBaseline, CTCConfig, join_streams
-from cslr_pipe.training.models.layers import ctc_loss, padding_mask, sinusoidal
-from cslr_pipe.training.options import checked_options
+from cslr_pipe.training.models.ctc import CTCBaseline, CTCConfig, ctc_loss, join_streams
+from cslr_pipe.training.models.layers import padding_mask, sinusoidal
+from cslr_pipe.features.registry import checked_options
 
 Conditions = tuple[torch.Tensor, torch.Tensor]  # memory [B, S, H], key padding mask [B, S] (True = padding)
 

@@ -17,8 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from cslr_pipe.training.models.layers import ctc_loss
-from cslr_pipe.training.options import checked_options
+from cslr_pipe.features.registry import checked_options
 
 
 @dataclass
@@ -30,6 +29,12 @@ class CTCConfig:
     lstm_layers: int = 2
     dropout: float = 0.2
     num_classes: int = 2  # vocabulary size including the blank; 0 = no classifier (an encoder)
+
+
+def ctc_loss(log_probs: torch.Tensor, lengths: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Mean CTC loss (blank 0) of log-probs [B, T, C] against the batch's labels, in float32."""
+    return nn.functional.ctc_loss(log_probs.float().transpose(0, 1), batch["labels"], lengths,
+                                  batch["label_lengths"], blank=0, zero_infinity=True)
 
 
 class TemporalConv(nn.Module):

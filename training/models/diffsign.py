@@ -86,9 +86,9 @@ from torch import nn
 from cslr_pipe.features.errors import InputError
 from cslr_pipe.training.decoding import greedy_decode
 from cslr_pipe.training.diffusion import DiffusionConfig, GaussianDiffusion
-from cslr_pipe.training.models.ctc import CTCBaseline, CTCConfig, join_streams
-from cslr_pipe.training.models.layers import ctc_loss, padding_mask, sinusoidal
-from cslr_pipe.training.options import checked_options
+from cslr_pipe.training.models.ctc import CTCBaseline, CTCConfig, ctc_loss, join_streams
+from cslr_pipe.training.models.layers import padding_mask, sinusoidal
+from cslr_pipe.features.registry import checked_options
 
 PHASES = ("stage1", "stage2")
 

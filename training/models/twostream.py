@@ -41,9 +41,10 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from cslr_pipe.features.errors import InputError
-from cslr_pipe.training.models.layers import ctc_loss, padding_mask
+from cslr_pipe.training.models.ctc import ctc_loss
+from cslr_pipe.training.models.layers import padding_mask
 from cslr_pipe.training.models.streams import StreamEncoder, align_streams, stage_lengths, zero_padding
-from cslr_pipe.training.options import checked_options
+from cslr_pipe.features.registry import checked_options
 
 HEADS = ("video", "keypoint", "joint")
 
