@@ -25,6 +25,7 @@ Why ``uint8`` is the default, and the stored sizes of each storage: docs/benchma
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -82,8 +83,10 @@ register_decoder("linear", _decode_linear)
 # Colour wheel (Baker et al. 2007, as torchvision.utils.flow_to_image draws it)
 
 
-def _make_colorwheel() -> np.ndarray:
-    """The Middlebury colour wheel [55, 3], float32 0..255 (torchvision's ``_make_colorwheel``)."""
+@functools.cache
+def _colour_wheel() -> np.ndarray:
+    """The Middlebury colour wheel [55, 3], float32 0..255 (torchvision's ``_make_colorwheel``);
+    made on first use, so reading other encodings never pays for it."""
     segments = (("RY", 15), ("YG", 6), ("GC", 4), ("CB", 11), ("BM", 13), ("MR", 6))
     wheel = np.zeros((sum(n for _, n in segments), 3), np.float32)
     col = 0
@@ -106,10 +109,10 @@ def _make_colorwheel() -> np.ndarray:
     return wheel
 
 
-_WHEEL = _make_colorwheel()
-_WHEEL_STEPS = len(_WHEEL) - 1  # hue -> wheel position in [0, 54], as torchvision maps it
+_WHEEL_STEPS = 54  # hue -> wheel position in [0, 54] (the wheel's 55 colours), as torchvision maps it
 
 
+@functools.cache
 def _wheel_sextants() -> dict[tuple[int, int], tuple[int, np.ndarray, np.ndarray]]:
     """(channel at 255, channel at 0) -> (varying channel, its values, wheel positions), values
     increasing, for inverting the wheel by linear interpolation: on the wheel one channel is
@@ -120,7 +123,7 @@ def _wheel_sextants() -> dict[tuple[int, int], tuple[int, np.ndarray, np.ndarray
     out = {}
     for (top, low), start, stop in sixths:
         positions = np.arange(start, stop + 1, dtype=np.float64)
-        colours = _WHEEL[start:stop + 1]
+        colours = _colour_wheel()[start:stop + 1]
         assert (colours[:, top] == 255).all() and (colours[:, low] == 0).all()
         varying = 3 - top - low
         values = colours[:, varying].astype(np.float64)
@@ -130,8 +133,6 @@ def _wheel_sextants() -> dict[tuple[int, int], tuple[int, np.ndarray, np.ndarray
         out[(top, low)] = (varying, values, positions)
     return out
 
-
-_SEXTANTS = _wheel_sextants()
 
 
 def _norm(flow: np.ndarray) -> np.ndarray:
@@ -159,8 +160,8 @@ def _colorize(flow: np.ndarray, max_norm: np.ndarray) -> np.ndarray:
     k0 = np.floor(position).astype(np.int64)
     fraction = (position - k0)[..., None]
     k1 = k0 + 1
-    k1[k1 == len(_WHEEL)] = 0
-    wheel = _WHEEL / np.float32(255)
+    k1[k1 == _WHEEL_STEPS + 1] = 0
+    wheel = _colour_wheel() / np.float32(255)
     colour = (1 - fraction) * wheel[k0] + fraction * wheel[k1]
     colour = 1 - unit[..., None] * (1 - colour)
     return np.floor(np.float32(255) * colour).astype(np.uint8)
@@ -227,7 +228,7 @@ def rgb_to_flow(images: np.ndarray, max_norm: np.ndarray | float) -> np.ndarray:
     top = images.argmax(-1)
     low = images.argmin(-1)
     position = np.zeros(unit.shape, np.float64)
-    for (t, l), (varying, values, positions) in _SEXTANTS.items():
+    for (t, l), (varying, values, positions) in _wheel_sextants().items():
         mask = (top == t) & (low == l)
         if mask.any():
             position[mask] = np.interp(wheel[..., varying][mask], values, positions)
