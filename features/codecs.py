@@ -38,7 +38,7 @@ DEFAULT_BOUND = 20.0  # px: two-stream pipelines clip flow to +-20 before quanti
 RGB_ENCODING = "flow-rgb"
 
 Decoder = Callable[[np.ndarray, dict], np.ndarray]
-DECODERS: dict[str, Decoder] = {}
+DECODERS: dict[str, Decoder] = {}  # encoding name -> decoder; the built-ins are added at the end
 
 
 def register_decoder(name: str, decoder: Decoder) -> None:
@@ -75,8 +75,6 @@ def quantize_linear(values: np.ndarray, low: float, high: float, dtype=np.uint8)
 def _decode_linear(codes: np.ndarray, attrs: dict) -> np.ndarray:
     return codes.astype(np.float32) * np.float32(attrs["scale"]) + np.float32(attrs["offset"])
 
-
-register_decoder("linear", _decode_linear)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,8 +248,6 @@ def _decode_rgb(images: np.ndarray, attrs: dict) -> np.ndarray:
     return rgb_to_flow(images, np.asarray(attrs["max_norm"], np.float32))
 
 
-register_decoder(RGB_ENCODING, _decode_rgb)
-
 
 # ---------------------------------------------------------------------------------------------
 # Flow storage
@@ -332,3 +328,6 @@ def decode_flow(array: np.ndarray, attrs: dict) -> np.ndarray:
     if encoding == RGB_ENCODING:
         return _decode_rgb(array, attrs)
     raise InputError(f"unknown flow encoding {encoding!r}")
+
+
+DECODERS.update({"linear": _decode_linear, RGB_ENCODING: _decode_rgb})
