@@ -1,6 +1,6 @@
-"""Bring your own features: read per-video feature arrays made by other tools.
+"""Bring your own features and keypoints: read per-video arrays made by other tools.
 
-Two sources are understood:
+Features ([T, D]) come from two sources:
 
 ``read_feature_dir(folder)``
     One ``<id>.npy`` file per video, each a [T, D] array (read with ``allow_pickle=False``).
@@ -12,6 +12,9 @@ Two sources are understood:
     folder), ``sign`` (the [T, D] features, a CPU ``torch.Tensor`` as SLRT writes them, or a
     numpy array) and SLRT's annotation keys (``gloss``, ``text``, ``num_frames``), which are not
     used here. A plain (not gzipped) pickle and a dict of such entries are read too.
+
+Keypoints ([T, 133, 3]) come from SLRT's keypoint files (:func:`read_slrt_keypoints`) or a folder
+of ``<id>.npy``; ``.pose`` files are read in :mod:`cslr_pipe.features.pose.pose_format`.
 
 Security: these files are pickles, and ``pickle.load`` runs whatever callables a file names.
 :class:`RestrictedUnpickler` resolves only the globals that array reconstruction needs and refuses
@@ -268,23 +271,28 @@ def read_feature_dir(folder: str | Path,
         yield video_id, array
 
 
-def load_slrt_file(path: str | Path) -> list[dict]:
-    """The entries of an SLRT feature file (gzip or plain pickle), through the restricted loader."""
+def load_restricted_pickle(path: str | Path) -> Any:
+    """A gzip or plain pickle, through the restricted loader; one-line errors naming ``path``."""
     path = Path(path)
     if not path.is_file():
-        raise FeatureFileError(f"{path}: no such feature file")
+        raise FeatureFileError(f"{path}: no such file")
     with path.open("rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
     opener = gzip.open if gzipped else open
     try:
         with opener(path, "rb") as handle:
-            data = restricted_load(handle)
+            return restricted_load(handle)
     except UnsafePickleError as error:
         raise UnsafePickleError(f"{path}: {error} (nothing in the file was run)") from None
     except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError,
             IndexError, KeyError, RuntimeError) as error:
-        raise FeatureFileError(f"{path}: not a readable feature pickle "
+        raise FeatureFileError(f"{path}: not a readable pickle "
                                f"({type(error).__name__}: {' '.join(str(error).split())[:200]})") from None
+
+
+def load_slrt_file(path: str | Path) -> list[dict]:
+    """The entries of an SLRT feature file (gzip or plain pickle), through the restricted loader."""
+    data = load_restricted_pickle(path)
     if isinstance(data, dict):
         if "name" in data and "sign" in data:
             data = [data]
@@ -312,3 +320,47 @@ def read_slrt_features(path: str | Path, name_to_id: Callable[[str], str] = slrt
     """
     for entry in load_slrt_file(path):
         yield name_to_id(entry["name"]), to_numpy(entry["sign"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Keypoints: SLRT's keypoint files and folders of .npy
+
+
+def check_keypoints(array: np.ndarray, points: int = 133) -> str | None:
+    """Why ``array`` cannot be stored as keypoints [T, points, 3] (x, y, score), or None when it can."""
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
+        return f"keypoints are a {type(array).__name__} of {getattr(array, 'dtype', '?')}, not numbers"
+    if array.ndim != 3 or array.shape[1:] != (points, 3) or array.shape[0] == 0:
+        return f"keypoints must be [T, {points}, 3] (x, y, score), got shape {list(array.shape)}"
+    if not np.isfinite(array).all():
+        return f"keypoints contain NaN or infinite values ({int((~np.isfinite(array)).any(axis=(1, 2)).sum())} frames)"
+    return None
+
+
+def read_slrt_keypoints(path: str | Path, name_to_id: Callable[[str], str] = slrt_name_to_id
+                        ) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (id, keypoints) from an SLRT keypoint file (``keypoint_file`` in SLRT's configs):
+    a pickle of a dict from the video name to its HRNet whole-body keypoints [T, 133, 3] in frame
+    pixels, or to ``{"keypoints": that array}`` (both layouts occur in SLRT's loaders). Read through
+    the restricted unpickler; values are not checked (see :func:`check_keypoints`)."""
+    data = load_restricted_pickle(path)
+    if not isinstance(data, dict):
+        raise FeatureFileError(f"{path}: expected a dict from video name to keypoints, got a {type(data).__name__}")
+    for name, value in data.items():
+        if not isinstance(name, str):
+            raise FeatureFileError(f"{path}: a key of type {type(name).__name__}, not a video name")
+        if isinstance(value, dict):
+            if "keypoints" not in value:
+                raise FeatureFileError(f"{path}: {name} has no 'keypoints' (keys: {', '.join(map(str, value))})")
+            value = value["keypoints"]
+        yield name_to_id(name), to_numpy(value)
+
+
+def write_slrt_keypoints(path: str | Path, keypoints: dict[str, np.ndarray]) -> Path:
+    """Write ``{name: [T, 133, 3]}`` as SLRT's loaders read it (a plain pickle of a dict of float32
+    arrays), atomically; names are written as given (SLRT's carry the split: ``train/<id>``)."""
+    from cslr_pipe.features.files import atomic_write_bytes
+
+    data = {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in keypoints.items()}
+    atomic_write_bytes(path, pickle.dumps(data, protocol=4))
+    return Path(path)

@@ -247,6 +247,44 @@ def import_features_command(manifest: Path, source: Path, out: Path, stream: str
         raise Failed(f"{len(result.failures) + len(bad_rows)} item(s) failed (listed above)")
 
 
+@main.command("import-keypoints")
+@click.option("--manifest", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Manifest of the videos.")
+@click.option("--from", "source", required=True, type=click.Path(exists=True, path_type=Path),
+              help="slrt: SLRT's keypoint file (a pickle: video name -> [T, 133, 3]); pose: a folder of "
+                   "<id>.pose files (COCO-WholeBody or MediaPipe Holistic); npy: a folder of <id>.npy [T, 133, 3].")
+@click.option("--format", "fmt", required=True, type=click.Choice(["slrt", "pose", "npy"]),
+              help="What --from holds.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Cache folder.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder that relative video paths start from [default: the manifest's folder].")
+@click.option("--frame-size", type=(int, int), default=None, metavar="H W",
+              help="Frame size where a video is not at hand (otherwise read from the video or the .pose header).")
+@click.option("--shard-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Videos per shard (equal to the other stages of this cache).")
+@click.option("--force", is_flag=True, help="Overwrite keypoint shards made otherwise (extracted, or another import).")
+@handle_errors
+def import_keypoints_command(manifest: Path, source: Path, fmt: str, out: Path, root: Path | None,
+                             frame_size: tuple[int, int] | None, shard_size: int, force: bool) -> None:
+    """Bring released keypoints into the cache as the `keypoints` stage: everything downstream
+    (heatmaps, cache-features --stream keypoint, inspect, training) reads them like extracted ones."""
+    from cslr_pipe.pipeline.imports import import_keypoints
+
+    rows, bad_rows = read_rows(manifest)
+    result = import_keypoints(rows, source, out, fmt, root or manifest.parent, shard_size=shard_size,
+                              force=force, frame_size=frame_size)
+    for video_id, reason in result.failures.items():
+        click.echo(f"failed: keypoints {video_id}: {reason}", err=True)
+    for video_id, note in result.frame_counts.items():
+        click.echo(f"frame count: {video_id}: {note}", err=True)
+    click.echo(f"keypoints: {result.imported} imported from {source} ({fmt}), {len(result.failures)} failed, "
+               f"{len(result.frame_counts)} with another frame count than their video, "
+               f"{len(result.unmatched)} in the source without a manifest row (not imported"
+               + (f", e.g. {', '.join(result.unmatched[:3])})" if result.unmatched else ")"))
+    if result.failures or bad_rows:
+        raise Failed(f"{len(result.failures) + len(bad_rows)} item(s) failed (listed above)")
+
+
 @main.command("render-heatmaps")
 @stage_options
 @click.option("--preset", type=click.Choice(HEATMAP_PRESETS), default=None,

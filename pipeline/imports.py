@@ -1,4 +1,5 @@
-"""Importing features made elsewhere into the cache, as stage ``features.<stream>``.
+"""Importing features and keypoints made elsewhere into the cache, as stage ``features.<stream>`` or
+``keypoints``.
 
 Imported features are written exactly like computed ones: the manifest's shard plan
 (:func:`~cslr_pipe.pipeline.runner.plan_shards`), one :class:`ShardWriter` per shard (atomic file,
@@ -14,19 +15,23 @@ The readers (``.npy`` folders, SLRT's gzip pickles through a restricted unpickle
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.files import inside
-from cslr_pipe.features.imported import (FeatureFileError, check_features, list_feature_dir, load_npy,
-                                         read_slrt_features, slrt_name_to_id)
+from cslr_pipe.features.imported import (FeatureFileError, check_features, check_keypoints, list_feature_dir,
+                                         load_npy, read_slrt_features, read_slrt_keypoints, slrt_name_to_id)
 from cslr_pipe.features.manifest import ManifestRow, check_id
-from cslr_pipe.features.store import Provenance, ShardWriter, load_records, write_index
-from cslr_pipe.pipeline.runner import check_reusable, plan_shards
+from cslr_pipe.features.store import Provenance, ShardWriter, load_records, sha256_file, write_index
+from cslr_pipe.features.video import VideoError, probe_video
+from cslr_pipe.pipeline.runner import check_reusable, plan_shards, video_path
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +106,7 @@ def import_features(rows: list[ManifestRow], source: str | Path, out: str | Path
         def load(video_id: str) -> np.ndarray:
             return load_npy(files[video_id])
     elif source.is_file():
-        available = {}
-        names: dict[str, int] = {}
-        for video_id, array in read_slrt_features(source, name_to_id):
-            names[video_id] = names.get(video_id, 0) + 1
-            available[video_id] = array
-        for video_id, count in names.items():
-            if count > 1 and video_id in wanted:
-                failures[video_id] = f"{source.name}: {count} entries map to this id"
+        available, failures = index_entries(read_slrt_features(source, name_to_id), wanted, source)
 
         def load(video_id: str) -> np.ndarray:
             return available[video_id]
@@ -120,35 +118,33 @@ def import_features(rows: list[ManifestRow], source: str | Path, out: str | Path
         log.warning("%s: %d feature(s) have no manifest row and were not imported (e.g. %s)",
                     source, len(unmatched), ", ".join(unmatched[:3]))
 
-    plan = plan_shards(rows, shard_size)
-    previous = {} if force else load_records(stage_dir)
-    for shard, shard_rows in enumerate(plan):  # check everything before writing anything
-        if shard in previous:
-            check_reusable(previous[shard], provenance, [row.id for row in shard_rows])
+    def prepare(row: ManifestRow) -> tuple[str | None, dict, dict]:
+        reason = failures.get(row.id)
+        if reason is None and row.id not in available:
+            reason = f"no features for {row.id} in {source.name}"
+        if reason is not None:
+            return reason, {}, {}
+        try:
+            reason, array = _prepare(load(row.id), dtype)
+        except FeatureFileError as error:
+            return str(error), {}, {}
+        return reason, {stage: array}, {} if array is None else {"dim": array.shape[1]}
 
-    imported = 0
-    for shard, shard_rows in enumerate(plan):
-        planned = [row.id for row in shard_rows]
-        with ShardWriter(stage_dir, shard, planned, provenance, compression) as writer:
-            for row in shard_rows:
-                reason = failures.get(row.id)
-                if reason is None and row.id not in available:
-                    reason = f"no features for {row.id} in {source.name}"
-                if reason is None:
-                    try:
-                        reason, array = _prepare(load(row.id), dtype)
-                    except FeatureFileError as error:
-                        reason = str(error)
-                if reason is not None:
-                    writer.fail(row.id, reason)
-                    failures[row.id] = _one_line(reason)
-                    continue
-                writer.write(row.id, {stage: array},
-                             group_attrs={"dim": array.shape[1]})
-                imported += 1
-            writer.commit()
-    write_index(stage_dir)
-    return ImportResult(imported, failures, unmatched)
+    imported, failed = write_stage(rows, stage_dir, provenance, prepare, shard_size, compression, force)
+    return ImportResult(imported, {**failures, **failed}, unmatched)
+
+
+def index_entries(entries, wanted: set[str], source: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """id -> array of a file's (id, array) entries, and a failure for each wanted id that several
+    entries map to (SLRT names with and without their split folder may collide)."""
+    available: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for video_id, array in entries:
+        counts[video_id] = counts.get(video_id, 0) + 1
+        available[video_id] = array
+    failures = {video_id: f"{source.name}: {count} entries map to this id"
+                for video_id, count in counts.items() if count > 1 and video_id in wanted}
+    return available, failures
 
 
 def _prepare(array: np.ndarray, dtype: np.dtype) -> tuple[str | None, np.ndarray | None]:
@@ -162,3 +158,133 @@ def _prepare(array: np.ndarray, dtype: np.dtype) -> tuple[str | None, np.ndarray
         peak = float(np.abs(array.astype(np.float64)).max())
         return f"features exceed the {dtype.name} range (max |value| {peak:.4g})", None
     return None, stored
+
+
+def write_stage(rows: list[ManifestRow], stage_dir: Path, provenance: Provenance,
+                prepare: Callable[[ManifestRow], tuple[str | None, dict, dict]], shard_size: int,
+                compression: str, force: bool) -> tuple[int, dict[str, str]]:
+    """Write imported results shard by shard, as the runner writes computed ones: ``prepare(row)``
+    gives (reason it failed or None, arrays, group attributes). Shards made differently raise
+    CacheConflict unless ``force``, before anything is written. Returns (written, failures)."""
+    plan = plan_shards(rows, shard_size)
+    previous = {} if force else load_records(stage_dir)
+    for shard, shard_rows in enumerate(plan):  # check everything before writing anything
+        if shard in previous:
+            check_reusable(previous[shard], provenance, [row.id for row in shard_rows])
+    written, failures = 0, {}
+    for shard, shard_rows in enumerate(tqdm(plan, desc=provenance.stage, unit="shard", leave=False,
+                                            disable=len(plan) < 2)):
+        with ShardWriter(stage_dir, shard, [row.id for row in shard_rows], provenance, compression) as writer:
+            for row in shard_rows:
+                reason, arrays, group_attrs = prepare(row)
+                if reason is not None:
+                    writer.fail(row.id, reason)
+                    failures[row.id] = _one_line(reason)
+                    continue
+                writer.write(row.id, arrays, group_attrs=group_attrs)
+                written += 1
+            writer.commit()
+    write_index(stage_dir)
+    return written, failures
+
+
+# ---------------------------------------------------------------------------------------------
+# Keypoints
+
+
+KEYPOINT_FORMATS = ("slrt", "pose", "npy")
+
+
+@dataclass
+class KeypointImport:
+    """What :func:`import_keypoints` did: videos written, failures and frame-count disagreements
+    (id -> one line each), ids in the source without a manifest row (not written)."""
+
+    imported: int
+    failures: dict[str, str]
+    frame_counts: dict[str, str]
+    unmatched: list[str]
+
+
+def source_digest(source: Path, suffix: str) -> str:
+    """sha256 of an import source: the file's, or one over the names and sha256 of a folder's files."""
+    if source.is_file():
+        return sha256_file(source)
+    digest = hashlib.sha256()
+    for path in sorted(source.glob(f"*{suffix}")):
+        digest.update(f"{path.name}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def import_keypoints(rows: list[ManifestRow], source: str | Path, out: str | Path, fmt: str,
+                     root: str | Path, shard_size: int = 32, compression: str = "gzip", force: bool = False,
+                     frame_size: tuple[int, int] | None = None) -> KeypointImport:
+    """Write released keypoints as the ordinary ``keypoints`` stage ([T, 133, 3] in source pixels).
+
+    ``fmt``: ``slrt`` (SLRT's keypoint pickle, read through the restricted unpickler; names with or
+    without their split folder match manifest ids), ``pose`` (a folder of ``<id>.pose``: COCO-WholeBody
+    headers as they are, MediaPipe Holistic ones mapped to 133 points as the MediaPipe backend maps
+    them) or ``npy`` (a folder of ``<id>.npy``). The frame size and rate come from the ``.pose`` header
+    or else from the video (``root`` / row.video), or ``frame_size`` (height, width) where the video is
+    not at hand. A keypoint frame count that differs from the video's is reported in ``frame_counts``
+    and kept as it is. The provenance names the source and its sha256.
+    """
+    if fmt not in KEYPOINT_FORMATS:
+        raise InputError(f"keypoint format must be one of {', '.join(KEYPOINT_FORMATS)}, got {fmt!r}")
+    source, root = Path(source), Path(root)
+    wanted = {row.id for row in rows}
+    failures: dict[str, str] = {}
+    suffix = {"pose": ".pose", "npy": ".npy"}.get(fmt, "")
+    if fmt == "slrt":
+        if not source.is_file():
+            raise FeatureFileError(f"{source}: no such SLRT keypoint file")
+        available, failures = index_entries(read_slrt_keypoints(source), wanted, source)
+    else:
+        if not source.is_dir():
+            raise FeatureFileError(f"{source}: not a folder of <id>{suffix} files")
+        available = {path.stem: path for path in sorted(source.glob(f"*{suffix}")) if path.is_file()}
+        if not available:
+            raise FeatureFileError(f"{source}: no {suffix} files")
+    unmatched = sorted(set(available) - wanted)
+    provenance = Provenance(stage="keypoints", backend=f"imported-{fmt}", weights_sha256=source_digest(source, suffix),
+                            config={"source": source.name, "format": fmt})
+    frame_counts: dict[str, str] = {}
+
+    def prepare(row: ManifestRow) -> tuple[str | None, dict, dict]:
+        if row.id in failures:
+            return failures[row.id], {}, {}
+        if row.id not in available:
+            return f"no keypoints for {row.id} in {source.name}", {}, {}
+        fps = height = width = None
+        try:
+            if fmt == "pose":
+                from cslr_pipe.features.pose.pose_format import read_pose_keypoints
+
+                keypoints, fps, width, height = read_pose_keypoints(available[row.id])
+            elif fmt == "npy":
+                keypoints = load_npy(available[row.id])
+            else:
+                keypoints = available[row.id]
+        except InputError as error:
+            return str(error), {}, {}
+        reason = check_keypoints(keypoints)
+        if reason is not None:
+            return reason, {}, {}
+        video = video_path(row, root)
+        try:
+            info = probe_video(video)
+        except VideoError as error:
+            info = None
+            if not (width and height) and frame_size is None:
+                return f"{error}: the frame size is needed (give --frame-size H W)", {}, {}
+        if info is not None:
+            if info.num_frames != len(keypoints):
+                frame_counts[row.id] = f"{len(keypoints)} keypoint frames, the video has {info.num_frames} (kept as is)"
+            height, width, fps = height or info.height, width or info.width, fps or info.fps
+        height, width = (height, width) if height and width else frame_size
+        return None, {"keypoints": keypoints.astype(np.float32)}, {
+            "height": int(height), "width": int(width), "fps": float(fps or row.fps or 0.0),
+            "num_frames": len(keypoints), "source": f"{source.name} ({fmt})"}
+
+    imported, failed = write_stage(rows, inside(out, "keypoints"), provenance, prepare, shard_size, compression, force)
+    return KeypointImport(imported, {**failures, **failed}, frame_counts, unmatched)
