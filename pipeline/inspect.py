@@ -38,6 +38,7 @@ def inspect_picture(row: ManifestRow, video: Path, cache: Cache | None, num_fram
                   f"{row.id} ({row.split}): {' '.join(row.glosses) or '(no glosses)'}")
     rows = [title, strip]
     if "keypoints" in data:
+        rows.append(label(np.zeros((0, strip.shape[1], 3), np.uint8), keypoints_origin(cache, row.id)))
         rows += keypoint_rows(data["keypoints"], indices, frames, cache.attrs(row.id, "keypoints"))
     if "flow" in data:
         rows.append(flow_row(data["flow"], indices, frames))
@@ -98,6 +99,14 @@ def hypothesis_panel(checkpoint: Path, cache: Cache | None, row: ManifestRow, wi
              f"of {details.reference_words} words)")
     pairs = [(pair.op, pair.ref, pair.hyp) for pair in details.sentences[0].pairs]
     return alignment_panel(pairs, width, title)
+
+
+def keypoints_origin(cache: Cache, video_id: str) -> str:
+    """Where a video's keypoints came from: the backend that extracted them, or the imported source."""
+    source = cache.attrs(video_id, "keypoints").get("source")
+    if source:
+        return f"keypoints imported from {source}"
+    return f"keypoints extracted by the {cache.provenance('keypoints').backend} backend"
 
 
 def keypoint_rows(keypoints: np.ndarray, indices: np.ndarray, frames: list[np.ndarray],

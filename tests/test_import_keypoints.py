@@ -148,3 +148,20 @@ def test_heatmaps_of_imported_slrt_keypoints_equal_slrts_own(tmp_path):
         assert np.abs(ours - slrt).max() <= 1 / 510 + 2e-3  # uint8 storage, float32 rendering
         direct = render_heatmaps(keypoints[f"train/p{i}"], (260, 210), points="twostream", **PRESETS["slrt-phoenix"])
         assert np.abs(ours - direct).max() <= 1 / 510 + 1e-6
+
+
+def test_inspect_says_where_imported_keypoints_came_from(corpus, tmp_path):
+    from cslr_pipe.pipeline.inspect import keypoints_origin
+
+    manifest, rows = corpus
+    source = write_slrt_keypoints(tmp_path / "k.pkl", {r["id"]: random_keypoints(4 + i, 24, 32, seed=i)
+                                                      for i, r in enumerate(rows)})
+    assert import_keypoints(read_manifest(manifest), source, tmp_path / "cache", "slrt", manifest.parent).imported == 4
+    cache = open_cache(tmp_path / "cache")
+    assert keypoints_origin(cache, "v1") == "keypoints imported from k.pkl (slrt)"
+    result = invoke("inspect", "v1", "--manifest", manifest, "--cache", tmp_path / "cache", "--out", tmp_path / "v1.png")
+    assert result.exit_code == 0, result.output
+    import cv2
+
+    picture = cv2.imread(str(tmp_path / "v1.png"))
+    assert picture is not None and picture.shape[0] > 3 * 40  # frames, skeletons and heatmaps
