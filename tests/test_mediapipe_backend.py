@@ -105,6 +105,17 @@ def test_hand_order_is_coco_wholebody_order():
     assert mpb.HAND_FROM_MEDIAPIPE == tuple(range(21))
 
 
+def test_landmark_names_are_mediapipe_s():
+    """The names a Holistic .pose file gives its points (kept in the module, so reading one needs no
+    MediaPipe) are MediaPipe's enum names in enum order; the face mesh's are its indices."""
+    assert mpb.POSE_LANDMARK_NAMES == tuple(m.name for m in mp.solutions.pose.PoseLandmark)
+    assert [int(m) for m in mp.solutions.pose.PoseLandmark] == list(range(33))
+    assert mpb.HAND_LANDMARK_NAMES == tuple(m.name for m in mp.solutions.hands.HandLandmark)
+    assert [int(m) for m in mp.solutions.hands.HandLandmark] == list(range(21))
+    assert mpb.POSE_LANDMARK_NAMES == tuple(m.name for m in mp.solutions.holistic.PoseLandmark)
+    assert mpb.FACE_LANDMARK_NAMES == tuple(str(i) for i in range(468))
+
+
 def test_face_table_is_68_distinct_mesh_points_in_the_right_regions():
     table = mpb.FACE68_FROM_MESH
     assert len(table) == 68 and len(set(table)) == 68
@@ -167,6 +178,45 @@ def test_mapping_of_fake_landmarks_hands_pose_and_missing_parts():
     out = mpb.holistic_to_wholebody(results, width, height)
     assert (out[LEFT_HAND.start:LEFT_HAND.stop] == 0).all()
     assert (out[RIGHT_HAND.start:RIGHT_HAND.stop, 2] == 1).all()
+
+
+def test_shared_mapping_over_arrays_is_the_backend_s():
+    """holistic_to_wholebody is wholebody_from_holistic on pixel arrays; several frames at once
+    give each frame's result."""
+    width, height = 320, 240
+    rng = np.random.default_rng(1)
+    frames = []
+    for t in range(4):
+        pose = np.column_stack([rng.uniform(-0.1, 1.1, (33, 2)), rng.uniform(-0.2, 1.2, 33)])
+        face = rng.uniform(0.2, 0.8, (468, 2))
+        face[rng.random(468) < 0.05, 0] = np.nan
+        left, right = rng.uniform(0, 1, (21, 2)), rng.uniform(-0.1, 1.1, (21, 2))
+        frames.append(SimpleNamespace(pose_landmarks=_fake(pose),
+                                      face_landmarks=None if t == 1 else _fake([(x, y, 0.0) for x, y in face]),
+                                      left_hand_landmarks=_fake([(x, y, 0.0) for x, y in left]),
+                                      right_hand_landmarks=None if t == 2 else _fake([(x, y, 0.0) for x, y in right])))
+    expected = np.stack([mpb.holistic_to_wholebody(r, width, height) for r in frames])
+
+    def pixels(landmarks, count, visibility=False):
+        if landmarks is None:
+            return np.zeros((count, 3), np.float32)
+        values = np.asarray([(p.x, p.y, p.visibility if visibility else 1.0) for p in landmarks.landmark],
+                            np.float32)
+        values[:, 0] *= width
+        values[:, 1] *= height
+        return values
+
+    arrays = [np.stack([pixels(getattr(r, name), count, name == "pose_landmarks") for r in frames])
+              for name, count in (("pose_landmarks", 33), ("face_landmarks", 468),
+                                  ("left_hand_landmarks", 21), ("right_hand_landmarks", 21))]
+    out = mpb.wholebody_from_holistic(*arrays, width, height)
+    assert out.dtype == np.float32 and out.shape == (4, NUM_KEYPOINTS, 3)
+    np.testing.assert_array_equal(out, expected)
+    assert (out[..., 2] == 0).any() and (out[..., 2] > 0).any() and np.isfinite(out).all()
+    np.testing.assert_array_equal(mpb.wholebody_from_holistic(*(a[0] for a in arrays), width, height),
+                                  expected[0])
+    with pytest.raises(ValueError, match="face must be"):
+        mpb.wholebody_from_holistic(arrays[0], arrays[1][:, :400], arrays[2], arrays[3], width, height)
 
 
 # ------------------------------------------------------------------------------ the backend

@@ -26,6 +26,12 @@ Points that were not found, or that MediaPipe places outside the frame (its pose
 extrapolates limbs beyond the image edge, e.g. hips and knees of a signer cut at the waist), get
 score 0 and x = y = 0: a position is never invented. Coordinates are pixels of the frames given
 (normalised x * width, y * height).
+
+The mapping itself is :func:`wholebody_from_holistic`, over arrays of (x, y, score) in pixels; the
+backend (:func:`holistic_to_wholebody`) and the ``.pose`` reader
+(:func:`cslr_pipe.features.pose.pose_format.read_pose_keypoints`, for pose-format's Holistic
+files, whose points are named as :data:`POSE_LANDMARK_NAMES`, mesh indices and
+:data:`HAND_LANDMARK_NAMES`) both call it. Neither needs MediaPipe to be installed.
 """
 
 from __future__ import annotations
@@ -76,11 +82,72 @@ FACE68_FROM_MESH: tuple[int, ...] = (
 # MediaPipe's hand landmark j is COCO-WholeBody's hand point j (wrist, thumb CMC/MCP/IP/tip, ...).
 HAND_FROM_MEDIAPIPE: tuple[int, ...] = tuple(range(21))
 
+# The landmark names, in MediaPipe's order, as pose-format's Holistic ``.pose`` files name their
+# points (``mediapipe.solutions.holistic.PoseLandmark`` / ``HandLandmark`` member names; the face
+# mesh's points are named by their index, "0" ... "467"). Kept here so that reading a file needs
+# no MediaPipe; a test checks them against MediaPipe's enums.
+POSE_LANDMARK_NAMES: tuple[str, ...] = (
+    "NOSE", "LEFT_EYE_INNER", "LEFT_EYE", "LEFT_EYE_OUTER", "RIGHT_EYE_INNER", "RIGHT_EYE",
+    "RIGHT_EYE_OUTER", "LEFT_EAR", "RIGHT_EAR", "MOUTH_LEFT", "MOUTH_RIGHT", "LEFT_SHOULDER",
+    "RIGHT_SHOULDER", "LEFT_ELBOW", "RIGHT_ELBOW", "LEFT_WRIST", "RIGHT_WRIST", "LEFT_PINKY",
+    "RIGHT_PINKY", "LEFT_INDEX", "RIGHT_INDEX", "LEFT_THUMB", "RIGHT_THUMB", "LEFT_HIP", "RIGHT_HIP",
+    "LEFT_KNEE", "RIGHT_KNEE", "LEFT_ANKLE", "RIGHT_ANKLE", "LEFT_HEEL", "RIGHT_HEEL",
+    "LEFT_FOOT_INDEX", "RIGHT_FOOT_INDEX")
+HAND_LANDMARK_NAMES: tuple[str, ...] = ("WRIST",) + tuple(
+    f"{finger}_{joint}" for finger, joints in (("THUMB", ("CMC", "MCP", "IP", "TIP")),
+                                               ("INDEX_FINGER", ("MCP", "PIP", "DIP", "TIP")),
+                                               ("MIDDLE_FINGER", ("MCP", "PIP", "DIP", "TIP")),
+                                               ("RING_FINGER", ("MCP", "PIP", "DIP", "TIP")),
+                                               ("PINKY", ("MCP", "PIP", "DIP", "TIP")))
+    for joint in joints)
+NUM_POSE_LANDMARKS, NUM_FACE_LANDMARKS, NUM_HAND_LANDMARKS = 33, 468, 21
+FACE_LANDMARK_NAMES: tuple[str, ...] = tuple(str(i) for i in range(NUM_FACE_LANDMARKS))
+assert len(POSE_LANDMARK_NAMES) == NUM_POSE_LANDMARKS and len(HAND_LANDMARK_NAMES) == NUM_HAND_LANDMARKS
 
-def _landmarks(landmark_list: Any, count: int, visibility: bool = False) -> np.ndarray | None:
-    """[count, 3] (x, y, score) in normalised coordinates from a MediaPipe landmark list, or None."""
+
+def _holistic_part(points, count: int, name: str) -> np.ndarray:
+    points = np.asarray(points, dtype=np.float32)
+    if points.ndim < 2 or points.shape[-2:] != (count, 3):
+        raise ValueError(f"{name} must be [..., {count}, 3] (x, y, score), got shape {points.shape}")
+    return points
+
+
+def wholebody_from_holistic(pose, face, left_hand, right_hand, width: int, height: int) -> np.ndarray:
+    """Holistic landmarks -> COCO-WholeBody [..., 133, 3] float32 (x, y, score) in pixels.
+
+    The one mapping from MediaPipe Holistic to COCO-WholeBody, used by the backend and by the
+    ``.pose`` reader. Inputs are (x, y, score) in pixels of a ``width`` x ``height`` frame, with
+    any leading (e.g. frame) axes shared: ``pose`` [..., 33, 3] (score = visibility), ``face``
+    [..., 468, 3], ``left_hand``/``right_hand`` [..., 21, 3] (the person's left and right; score 1
+    when found); a point that was not found has score 0. Scores are clipped to 0..1; points with
+    score 0, a non-finite value or a position outside the frame become (0, 0, 0).
+    """
+    pose = _holistic_part(pose, NUM_POSE_LANDMARKS, "pose")
+    face = _holistic_part(face, NUM_FACE_LANDMARKS, "face")
+    left_hand = _holistic_part(left_hand, NUM_HAND_LANDMARKS, "left_hand")
+    right_hand = _holistic_part(right_hand, NUM_HAND_LANDMARKS, "right_hand")
+    batch = np.broadcast_shapes(pose.shape[:-2], face.shape[:-2], left_hand.shape[:-2],
+                                right_hand.shape[:-2])
+    out = np.zeros(batch + (NUM_KEYPOINTS, 3), np.float32)
+    out[..., 0:17, :] = pose[..., list(BODY_FROM_POSE), :]
+    for k, source in enumerate(FEET_FROM_POSE):
+        if source >= 0:
+            out[..., 17 + k, :] = pose[..., source, :]
+    out[..., FACE.start:FACE.stop, :] = face[..., list(FACE68_FROM_MESH), :]
+    out[..., LEFT_HAND.start:LEFT_HAND.stop, :] = left_hand[..., list(HAND_FROM_MEDIAPIPE), :]
+    out[..., RIGHT_HAND.start:RIGHT_HAND.stop, :] = right_hand[..., list(HAND_FROM_MEDIAPIPE), :]
+    out[..., 2] = np.clip(out[..., 2], 0.0, 1.0)
+    x, y = out[..., 0], out[..., 1]
+    inside = (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1) & np.isfinite(out).all(axis=-1)
+    out[~inside | (out[..., 2] <= 0)] = 0.0
+    return out
+
+
+def _landmarks(landmark_list: Any, count: int, width: int, height: int,
+               visibility: bool = False) -> np.ndarray:
+    """[count, 3] (x, y, score) in pixels from a MediaPipe landmark list; zeros when it is None."""
     if landmark_list is None:
-        return None
+        return np.zeros((count, 3), np.float32)
     points = landmark_list.landmark
     if len(points) < count:
         raise ValueError(f"expected at least {count} landmarks, got {len(points)}")
@@ -88,7 +155,10 @@ def _landmarks(landmark_list: Any, count: int, visibility: bool = False) -> np.n
         values = [(p.x, p.y, p.visibility) for p in points[:count]]
     else:
         values = [(p.x, p.y, 1.0) for p in points[:count]]
-    return np.asarray(values, np.float32)
+    out = np.asarray(values, np.float32)
+    out[:, 0] *= width
+    out[:, 1] *= height
+    return out
 
 
 def holistic_to_wholebody(results: Any, width: int, height: int) -> np.ndarray:
@@ -97,29 +167,14 @@ def holistic_to_wholebody(results: Any, width: int, height: int) -> np.ndarray:
     ``results`` needs the attributes ``pose_landmarks``, ``face_landmarks``,
     ``left_hand_landmarks`` and ``right_hand_landmarks``: each None or an object whose
     ``landmark`` sequence holds items with ``x`` and ``y`` (normalised) and, for the pose,
-    ``visibility``.
+    ``visibility``. The mapping is :func:`wholebody_from_holistic`.
     """
-    out = np.zeros((NUM_KEYPOINTS, 3), np.float32)
-    pose = _landmarks(results.pose_landmarks, 33, visibility=True)
-    if pose is not None:
-        out[0:17] = pose[list(BODY_FROM_POSE)]
-        for k, source in enumerate(FEET_FROM_POSE):
-            if source >= 0:
-                out[17 + k] = pose[source]
-    face = _landmarks(results.face_landmarks, 468)
-    if face is not None:
-        out[FACE.start:FACE.stop] = face[list(FACE68_FROM_MESH)]
-    for hand, target in ((results.left_hand_landmarks, LEFT_HAND), (results.right_hand_landmarks, RIGHT_HAND)):
-        points = _landmarks(hand, 21)
-        if points is not None:
-            out[target.start:target.stop] = points[list(HAND_FROM_MEDIAPIPE)]
-    out[:, 0] *= width
-    out[:, 1] *= height
-    out[:, 2] = np.clip(out[:, 2], 0.0, 1.0)
-    inside = ((out[:, 0] >= 0) & (out[:, 0] <= width - 1) & (out[:, 1] >= 0) & (out[:, 1] <= height - 1)
-              & np.isfinite(out).all(axis=1))
-    out[~inside | (out[:, 2] <= 0)] = 0.0
-    return out
+    return wholebody_from_holistic(
+        _landmarks(results.pose_landmarks, NUM_POSE_LANDMARKS, width, height, visibility=True),
+        _landmarks(results.face_landmarks, NUM_FACE_LANDMARKS, width, height),
+        _landmarks(results.left_hand_landmarks, NUM_HAND_LANDMARKS, width, height),
+        _landmarks(results.right_hand_landmarks, NUM_HAND_LANDMARKS, width, height),
+        width, height)
 
 
 def _import_holistic():

@@ -28,6 +28,12 @@ in component-local indices; colours are a small palette that the library's visua
 each component's points (it draws a limb in the mean colour of its two points).
 
 A point with score 0 (not detected) is written with confidence 0, which pose-format masks.
+
+:func:`read_pose_keypoints` reads such files back, and other pose-format files: versions 0.1 and
+0.2 (the same header; 0.1's body stores fps and the frame count as uint16, then people as 0.2
+does), any point format ending in C (XYC, XYZC: ``dims`` = its length - 1 in the data array),
+with a COCO-WholeBody 133 header (taken as it is) or a MediaPipe Holistic one (mapped to 133
+points exactly as the MediaPipe backend maps Holistic results).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cslr_pipe.features.errors import InputError
+from cslr_pipe.features.errors import InputError, MissingFileError
 from cslr_pipe.features.files import atomic_write_bytes, inside
 from cslr_pipe.features.pose.wholebody import (BODY, FACE, FEET, LEFT_HAND, NAMES, NUM_KEYPOINTS,
                                                RIGHT_HAND, SKELETON)
@@ -171,39 +177,54 @@ class _Reader:
         self.buffer = buffer
         self.offset = 0
 
+    def need(self, size: int) -> None:
+        if self.offset + size > len(self.buffer):
+            raise InputError(f"truncated .pose file: it ends at byte {len(self.buffer)}, "
+                             f"{self.offset + size - len(self.buffer)} bytes short")
+
     def unpack(self, fmt: struct.Struct):
-        if self.offset + fmt.size > len(self.buffer):
-            raise InputError("truncated .pose file")
+        self.need(fmt.size)
         values = fmt.unpack_from(self.buffer, self.offset)
         self.offset += fmt.size
         return values if len(values) > 1 else values[0]
 
     def string(self) -> str:
         length = self.unpack(_U16)
-        if self.offset + length > len(self.buffer):
-            raise InputError("truncated .pose file")
-        text = self.buffer[self.offset:self.offset + length].decode("utf-8")
+        self.need(length)
+        raw = self.buffer[self.offset:self.offset + length]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"not a .pose file: a header string at byte {self.offset} is not "
+                             f"UTF-8") from None
         self.offset += length
         return text
 
     def floats(self, shape: tuple[int, ...]) -> np.ndarray:
-        count = int(np.prod(shape))
-        if self.offset + 4 * count > len(self.buffer):
-            raise InputError("truncated .pose file")
+        count = math.prod(shape)
+        self.need(4 * count)
         array = np.frombuffer(self.buffer, dtype="<f4", count=count, offset=self.offset)
         self.offset += 4 * count
         return array.reshape(shape).astype(np.float32)
 
 
-def read_pose_header(buffer: bytes) -> tuple[dict, int]:
-    """Parse a version-0.2 header: ({version, width, height, depth, components}, body offset).
+READ_VERSIONS = (0.1, 0.2)  # the same header; the body's fps and frame count differ
 
-    ``components`` is a list of dicts with ``name``, ``format``, ``points``, ``limbs``, ``colors``.
+
+def read_pose_header(buffer: bytes) -> tuple[dict, int]:
+    """Parse a version-0.1 or 0.2 header: ({version, width, height, depth, components}, body offset).
+
+    ``version`` is the stored float32 rounded to 3 decimals (0.1 or 0.2), as pose-format picks
+    its reader. ``components`` is a list of dicts with ``name``, ``format``, ``points``,
+    ``limbs``, ``colors``.
     """
     reader = _Reader(buffer)
     version = reader.unpack(_F32)
-    if round(version, 3) != POSE_FORMAT_VERSION:
-        raise InputError(f"unsupported .pose version {version:.3f} (only {POSE_FORMAT_VERSION} is read)")
+    if not (math.isfinite(version) and round(version, 3) in READ_VERSIONS):
+        read = f"versions {' and '.join(map(str, READ_VERSIONS))} are read"
+        if not (math.isfinite(version) and 0 <= version < 100):
+            raise InputError(f"not a .pose file: its first 4 bytes are no pose-format version ({read})")
+        raise InputError(f"unsupported .pose version {version:.3f} ({read})")
     width, height, depth = reader.unpack(_U16x3)
     components = []
     for _ in range(reader.unpack(_U16)):
@@ -214,41 +235,184 @@ def read_pose_header(buffer: bytes) -> tuple[dict, int]:
         colors = [reader.unpack(_U16x3) for _ in range(n_colors)]
         components.append({"name": name, "format": point_format, "points": points,
                            "limbs": limbs, "colors": colors})
-    header = {"version": version, "width": width, "height": height, "depth": depth,
+    header = {"version": round(version, 3), "width": width, "height": height, "depth": depth,
               "components": components}
     return header, reader.offset
 
 
-def read_pose_file(path: str | Path) -> tuple[np.ndarray, float, int, int]:
-    """Read a 133-point 2-D ``.pose`` file (version 0.2): (keypoints [T, 133, 3] float32, fps, width, height).
+def point_dims(header: dict) -> int:
+    """Coordinates per point (2 for XYC, 3 for XYZC): as pose-format, the longest point format
+    less its confidence. Every format must be coordinates starting with X, Y and end with C."""
+    formats = [c["format"] for c in header["components"]]
+    bad = sorted({f for f in formats if not (f.startswith("XY") and f.endswith("C") and len(f) >= 3)})
+    if bad:
+        raise InputError(f"unsupported point format {', '.join(map(repr, bad))} (formats like XYC "
+                         f"or XYZC, ending in a confidence C, are read)")
+    return max(map(len, formats), default=1) - 1
 
-    A minimal reader of :func:`write_pose_file`'s output (and of other XYC files with 133 points
-    in our order, such as the library's COCO-WholeBody ones): keypoints are (x, y, confidence) of
-    the first person; ``fps`` is the stored float32 value.
+
+def read_pose_body(buffer: bytes, header: dict, offset: int
+                   ) -> tuple[float, np.ndarray, np.ndarray]:
+    """The body after ``offset``: (fps, data [frames, people, points, dims], confidence
+    [frames, people, points]), float32, for :func:`read_pose_header`'s ``header``.
+
+    Version 0.2 stores fps as float32 and the frame count as uint32. Version 0.1 stores both as
+    uint16; as pose-format does, its frame count is taken from the bytes left (the uint16
+    overflows on long videos). Either way the body must end exactly at the end of the file.
     """
-    buffer = Path(path).read_bytes()
-    header, offset = read_pose_header(buffer)
-    formats = {c["format"] for c in header["components"]}
-    if formats != {POINT_FORMAT}:
-        raise InputError(f"only {POINT_FORMAT} points are read, the file has {sorted(formats)}")
-    n_points = sum(len(c["points"]) for c in header["components"])
-    if n_points != NUM_KEYPOINTS:
-        raise InputError(f"expected {NUM_KEYPOINTS} points, the file has {n_points}")
-
     reader = _Reader(buffer)
     reader.offset = offset
-    fps = reader.unpack(_F32)
-    frames = reader.unpack(_U32)
-    people = reader.unpack(_U16)
-    data = reader.floats((frames, people, n_points, 2))
-    confidence = reader.floats((frames, people, n_points))
+    points = sum(len(c["points"]) for c in header["components"])
+    dims = point_dims(header)
+    if header["version"] == 0.1:
+        fps, stored_frames = reader.unpack(_U16x2)
+        people = reader.unpack(_U16)
+        frame_bytes = 4 * people * points * (dims + 1)
+        left = len(buffer) - reader.offset
+        if frame_bytes:
+            frames, extra = divmod(left, frame_bytes)
+            if extra:
+                raise InputError(f"truncated .pose file or trailing bytes: its {left}-byte body is "
+                                 f"not a whole number of {frame_bytes}-byte frames")
+        else:
+            frames = stored_frames
+    else:
+        fps = reader.unpack(_F32)
+        frames = reader.unpack(_U32)
+        people = reader.unpack(_U16)
+    data = reader.floats((frames, people, points, dims))
+    confidence = reader.floats((frames, people, points))
     if reader.offset != len(buffer):
         raise InputError(f".pose file has {len(buffer) - reader.offset} unexpected trailing bytes")
-    keypoints = np.zeros((frames, n_points, 3), dtype=np.float32)
-    if people:
-        keypoints[..., :2] = data[:, 0]
-        keypoints[..., 2] = confidence[:, 0]
-    return keypoints, float(fps), header["width"], header["height"]
+    return float(fps), data, confidence
+
+
+# MediaPipe Holistic files (pose-format's ``holistic_components``): these components, each
+# matched to MediaPipe's landmarks by point name; POSE_WORLD_LANDMARKS (metres) is ignored.
+HOLISTIC_COMPONENTS = ("POSE_LANDMARKS", "FACE_LANDMARKS", "LEFT_HAND_LANDMARKS",
+                       "RIGHT_HAND_LANDMARKS")
+HOLISTIC_IGNORED = ("POSE_WORLD_LANDMARKS",)
+HOLISTIC_IRIS_POINTS = tuple(str(i) for i in range(468, 478))  # refined face mesh; not mapped
+
+
+def _holistic_names() -> dict[str, tuple[str, ...]]:
+    from cslr_pipe.features.pose.mediapipe_backend import (FACE_LANDMARK_NAMES, HAND_LANDMARK_NAMES,
+                                                           POSE_LANDMARK_NAMES)
+    return dict(zip(HOLISTIC_COMPONENTS, (POSE_LANDMARK_NAMES, FACE_LANDMARK_NAMES,
+                                          HAND_LANDMARK_NAMES, HAND_LANDMARK_NAMES)))
+
+
+def header_layout(header: dict) -> str:
+    """``"wholebody"`` for a COCO-WholeBody 133 header (ours, which is pose-format's
+    ``cocowholebody_components``, or 133 points named as :data:`~cslr_pipe.features.pose.
+    wholebody.NAMES`), ``"holistic"`` for a MediaPipe Holistic one (full or reduced); otherwise
+    an InputError that lists the components found."""
+    components = header["components"]
+    named = [(c["name"], tuple(c["points"])) for c in components]
+    flat = tuple(point for c in components for point in c["points"])
+    if named == [(c.name, c.points) for c in COMPONENTS] or flat == NAMES:
+        return "wholebody"
+    names = [c["name"] for c in components]
+    if (set(names) & set(HOLISTIC_COMPONENTS) and len(set(names)) == len(names)
+            and set(names) <= set(HOLISTIC_COMPONENTS + HOLISTIC_IGNORED)):
+        return "holistic"
+    found = ", ".join(f"{name} ({len(c['points'])} points)" for name, c in zip(names, components))
+    raise InputError(f"not a COCO-WholeBody 133 or MediaPipe Holistic .pose file; components "
+                     f"found: {found or 'none'}")
+
+
+def _holistic_sources(header: dict) -> dict[str, tuple[list[int], list[int]]]:
+    """For each Holistic component of ``header``: (the file's point columns, the MediaPipe landmark
+    index of each), matched by name; iris points and POSE_WORLD_LANDMARKS are left out."""
+    names = _holistic_names()
+    sources: dict[str, tuple[list[int], list[int]]] = {}
+    offset = 0
+    for component in header["components"]:
+        name, points = component["name"], component["points"]
+        if name in names:
+            index = {point: i for i, point in enumerate(names[name])}
+            unknown = [p for p in points if p not in index and not (
+                name == "FACE_LANDMARKS" and p in HOLISTIC_IRIS_POINTS)]
+            if unknown:
+                raise InputError(f"{name} has points that are not MediaPipe landmarks: "
+                                 f"{', '.join(map(repr, unknown[:5]))}"
+                                 f"{' ...' if len(unknown) > 5 else ''}")
+            if len(set(points)) != len(points):
+                raise InputError(f"{name} names a point twice")
+            sources[name] = ([offset + j for j, p in enumerate(points) if p in index],
+                             [index[p] for p in points if p in index])
+        offset += len(points)
+    return sources
+
+
+def _map_holistic(sources: dict[str, tuple[list[int], list[int]]], xy: np.ndarray,
+                  confidence: np.ndarray, width: int, height: int, chunk: int = 2048) -> np.ndarray:
+    """[T, points, 2] + [T, points] of a Holistic file -> [T, 133, 3] by the backend's mapping:
+    the file's points are scattered into full Holistic arrays (score 0 where the file has no
+    point), ``chunk`` frames at a time (a full face mesh is 468 points a frame)."""
+    from cslr_pipe.features.pose.mediapipe_backend import wholebody_from_holistic
+    names = _holistic_names()
+    frames = xy.shape[0]
+    out = np.zeros((frames, NUM_KEYPOINTS, 3), np.float32)
+    for start in range(0, frames, chunk):
+        stop = min(start + chunk, frames)
+        parts = []
+        for name in HOLISTIC_COMPONENTS:
+            part = np.zeros((stop - start, len(names[name]), 3), np.float32)
+            if name in sources:
+                source, target = sources[name]
+                part[:, target, :2] = xy[start:stop, source]
+                part[:, target, 2] = confidence[start:stop, source]
+            parts.append(part)
+        out[start:stop] = wholebody_from_holistic(*parts, width, height)
+    return out
+
+
+def read_pose_keypoints(path: str | Path) -> tuple[np.ndarray, float, int, int]:
+    """Read a pose-format ``.pose`` file as COCO-WholeBody keypoints.
+
+    Returns (keypoints [T, 133, 3] float32 (x, y, score) in pixels of the first person, fps,
+    width, height). Versions 0.1 and 0.2 are read, with any point format ending in a confidence
+    (XYC, XYZC, ...; only x and y are kept). The header decides the mapping:
+
+    * COCO-WholeBody 133 (as :func:`write_pose_file` and pose-format's
+      ``cocowholebody_components`` write it): taken as it is (score = the stored confidence);
+      only a point with a non-finite value becomes (0, 0, 0).
+    * MediaPipe Holistic (pose-format's ``holistic_components``: 33 pose, 468 face (+10 iris),
+      21 + 21 hand landmarks, or a reduced set of them, with or without POSE_WORLD_LANDMARKS):
+      mapped exactly as the MediaPipe backend maps Holistic results
+      (:func:`~cslr_pipe.features.pose.mediapipe_backend.wholebody_from_holistic`), matching
+      points by name; landmarks the file lacks, points outside the frame and non-finite ones get
+      score 0 at (0, 0).
+
+    A file with no person gives score 0 everywhere. Any other header, an unknown version, a
+    truncated file or trailing bytes raise a one-line :class:`InputError` naming the file.
+    """
+    path = Path(path)
+    try:
+        buffer = path.read_bytes()
+    except FileNotFoundError:
+        raise MissingFileError(f"{path}: no such .pose file") from None
+    try:
+        header, offset = read_pose_header(buffer)
+        sources = _holistic_sources(header) if header_layout(header) == "holistic" else None
+        fps, data, confidence = read_pose_body(buffer, header, offset)
+        frames, people = data.shape[:2]
+        if not people:
+            return (np.zeros((frames, NUM_KEYPOINTS, 3), np.float32), fps, header["width"],
+                    header["height"])
+        xy, confidence = data[:, 0, :, :2], confidence[:, 0]
+        if sources is not None:
+            keypoints = _map_holistic(sources, xy, confidence, header["width"], header["height"])
+        else:
+            keypoints = np.concatenate([xy, confidence[..., None]], axis=-1)
+            keypoints[~np.isfinite(keypoints).all(axis=-1)] = 0.0
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
+    return keypoints, fps, header["width"], header["height"]
+
+
+read_pose_file = read_pose_keypoints  # the earlier name, kept for its callers
 
 
 def export_pose_files(cache, folder: Path) -> int:
