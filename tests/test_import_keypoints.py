@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +167,58 @@ def test_inspect_says_where_imported_keypoints_came_from(corpus, tmp_path):
 
     picture = cv2.imread(str(tmp_path / "v1.png"))
     assert picture is not None and picture.shape[0] > 3 * 40  # frames, skeletons and heatmaps
+
+
+REAL = Path(__file__).parent / "data" / "real-signing"
+
+
+def test_pose_files_round_trip_and_a_real_holistic_sequence_imports(corpus, tmp_path):
+    from cslr_pipe.features.pose.pose_format import read_pose_keypoints, write_pose_file
+
+    manifest, rows = corpus
+    folder = tmp_path / "pose"
+    written = {}
+    for i, row in enumerate(rows[:3]):
+        written[row["id"]] = random_keypoints(4 + i, 24, 32, seed=30 + i)
+        write_pose_file(folder / f"{row['id']}.pose", written[row["id"]], fps=25.0, width=32, height=24)
+    shutil.copy(REAL / "test_video.mediapipe.pose", folder / "v3.pose")  # 170 frames, 1250x1250, Holistic
+    result = invoke("import-keypoints", "--manifest", manifest, "--from", folder, "--format", "pose",
+                    "--out", tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    assert "frame count: v3: 170 keypoint frames, the video has 7" in result.output
+    cache = open_cache(tmp_path / "cache")
+    for video_id, keypoints in written.items():
+        assert np.array_equal(cache.read(video_id, ["keypoints"])["keypoints"], keypoints)
+    real, fps, width, height = read_pose_keypoints(REAL / "test_video.mediapipe.pose")
+    stored = cache.read("v3", ["keypoints"])["keypoints"]
+    assert stored.shape == (170, 133, 3) and np.array_equal(stored, real)
+    assert (stored[:, 5:7, 2] > 0).mean() > 0.9  # the shoulders of a real signer, found in nearly every frame
+    attrs = cache.attrs("v3", "keypoints")
+    assert (attrs["height"], attrs["width"], attrs["fps"]) == (1250, 1250, 24.0)  # the .pose header's, not the video's
+
+
+@pytest.mark.slow
+def test_a_real_signing_video_through_extract_keypoints_and_inspect(tmp_path):
+    pytest.importorskip("mediapipe")
+    shutil.copy(REAL / "test_video.mp4", tmp_path / "signing.mp4")
+    manifest = write_manifest_rows(tmp_path / "manifest.jsonl",
+                                   [{"id": "signing", "split": "test", "video": "signing.mp4", "glosses": ["A"]}])
+    result = invoke("extract-keypoints", "--manifest", manifest, "--out", tmp_path / "cache", "--quiet",
+                    "--export-pose", tmp_path / "pose")
+    assert result.exit_code == 0, result.output
+    keypoints = open_cache(tmp_path / "cache").read("signing", ["keypoints"])["keypoints"]
+    assert keypoints.shape == (58, 133, 3)
+    found = keypoints[..., 2] > 0
+    assert found[:, 0:7].mean() > 0.9 and found[:, 23:91].mean() > 0.9  # head, shoulders and face of a real signer
+    # the hands are raised (in view, motion-blurred) in about frames 14-45 and below the frame otherwise;
+    # Holistic finds one in 20 of the 58 frames today (issue 23's hand refinement is to raise this)
+    assert found[:, 91:133].any(axis=1).mean() > 0.25
+    assert (keypoints[found][:, 0] < 540).all() and (keypoints[found][:, 1] < 720).all()  # in the 540x720 frame
+    again = invoke("import-keypoints", "--manifest", manifest, "--from", tmp_path / "pose", "--format", "pose",
+                   "--out", tmp_path / "imported")
+    assert again.exit_code == 0 and "1 imported" in again.output and "another frame count" in again.output
+    imported = open_cache(tmp_path / "imported").read("signing", ["keypoints"])["keypoints"]
+    assert np.array_equal(imported, keypoints)  # export then import: the same keypoints
+    picture = invoke("inspect", "signing", "--manifest", manifest, "--cache", tmp_path / "imported",
+                     "--out", tmp_path / "signing.png")
+    assert picture.exit_code == 0 and (tmp_path / "signing.png").stat().st_size > 10_000
