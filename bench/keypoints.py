@@ -1,6 +1,7 @@
 """Keypoint extraction speed per pose backend, on the synthetic signer at PHOENIX frame size.
 
     python bench/keypoints.py [--frames 48] [--hrnet-frames 4]
+    python bench/keypoints.py --refine-hands   # MediaPipe's hand refinement on the real signing video
 
 Backends: mediapipe (when installed), hrnet with random weights (same compute as the real
 checkpoint) with and without flip test, mmpose (when installed; random weights). Prints frames/s
@@ -44,12 +45,51 @@ def random_hrnet_checkpoint(folder: Path) -> Path:
     return path
 
 
+def refine_hands_on_real_video(repeats: int = 3) -> None:
+    """MediaPipe Holistic without and with ``refine_hands`` on tests/data/real-signing/test_video.mp4:
+    frames with a left/right hand, the added hands' wrist distance to the pose wrist (in shoulder
+    widths; no reference annotation exists, so this is a consistency check) and seconds per frame."""
+    from cslr_pipe.features.video import read_video
+
+    frames = read_video(Path(__file__).parents[1] / "tests" / "data" / "real-signing" / "test_video.mp4")
+    print(f"real signing video: {len(frames)} frames, {frames.shape[2]}x{frames.shape[1]} (w x h), "
+          f"best of {repeats} runs")
+    results = {}
+    for refine in (False, True):
+        backend = build_pose_backend("mediapipe", refine_hands=refine)
+        best = float("inf")
+        for _ in range(repeats):
+            backend.begin_video()
+            start = time.perf_counter()
+            keypoints = backend(frames)
+            best = min(best, time.perf_counter() - start)
+        backend.close()
+        results[refine] = keypoints, best / len(frames)
+    plain = results[False][0]
+    shoulder = np.linalg.norm(plain[:, 5, :2] - plain[:, 6, :2], axis=1)
+    print(f"\n{'refine_hands':<14}{'left':>6}{'right':>7}{'any':>6}{'s/frame':>10}{'vs off':>8}"
+          f"  added hands: wrist distance")
+    for refine, (keypoints, seconds) in results.items():
+        found = [(keypoints[:, hand, 2] > 0).any(axis=1) for hand in (range(91, 112), range(112, 133))]
+        distances = [np.linalg.norm(keypoints[t, hand0, :2] - keypoints[t, wrist, :2]) / shoulder[t]
+                     for side, hand0, wrist in ((0, 91, 9), (1, 112, 10))
+                     for t in np.flatnonzero(found[side] & ~(plain[:, hand0:hand0 + 21, 2] > 0).any(axis=1))]
+        text = (f"{len(distances)}, max {max(distances):.3f} shoulder widths" if distances else "none")
+        print(f"{str(refine):<14}{found[0].sum():>6}{found[1].sum():>7}{(found[0] | found[1]).sum():>6}"
+              f"{seconds:>10.4f}{seconds / results[False][1]:>7.2f}x  {text}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=48, help="frames for mediapipe")
     parser.add_argument("--hrnet-frames", type=int, default=4, help="frames for hrnet (slow on CPU)")
+    parser.add_argument("--refine-hands", action="store_true",
+                        help="only: MediaPipe without and with refine_hands on the real signing video")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.refine_hands:
+        refine_hands_on_real_video()
+        return
     spec = CorpusSpec(height=260, width=210)  # PHOENIX-2014 frame size
     frames, _ = render_video(["HELLO", "MORE", "THANKS", "RAIN"], spec, np.random.default_rng(0))
     frames = np.resize(frames, (max(args.frames, args.hrnet_frames), *frames.shape[1:]))

@@ -32,6 +32,18 @@ backend (:func:`holistic_to_wholebody`) and the ``.pose`` reader
 (:func:`cslr_pipe.features.pose.pose_format.read_pose_keypoints`, for pose-format's Holistic
 files, whose points are named as :data:`POSE_LANDMARK_NAMES`, mesh indices and
 :data:`HAND_LANDMARK_NAMES`) both call it. Neither needs MediaPipe to be installed.
+
+Hand refinement (backend option ``refine_hands``, off by default): Holistic's hand landmarks often
+fail on small or motion-blurred hands. With ``refine_hands=True``, for each frame and each side
+whose Holistic hand is missing (mean score below :data:`REFINE_BELOW`), a square is cut around
+that side's pose wrist, reaching toward the hand along the forearm (:func:`hand_crop_box`),
+upscaled to :data:`CROP_SIZE` pixels (:func:`crop_square`), and MediaPipe Hands (static image mode,
+one hand) runs on it. Its 21 landmarks are mapped back to frame pixels (:func:`hand_from_crop`)
+for that side: the crop is around that side's wrist, so MediaPipe's handedness label (which assumes
+a mirrored image) is not used. Each point's score is the detection's handedness score; points
+outside the frame get score 0 as everywhere else. The refined hand replaces Holistic's only when
+its mean score is higher. It is off by default because it has not been measured against a
+reference annotation (see docs/benchmarks.md, "Hand refinement (MediaPipe)").
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from cslr_pipe.features.errors import InputError
@@ -177,6 +190,62 @@ def holistic_to_wholebody(results: Any, width: int, height: int) -> np.ndarray:
         width, height)
 
 
+# Hand refinement (option refine_hands): a side is refined when its Holistic hand's mean score is
+# below REFINE_BELOW (Holistic's hands score 1 when found, so: when it found none, or the hand lies
+# mostly outside the frame). The crop is a square of side CROP_SIDE_PER_FOREARM x the forearm
+# (elbow to wrist), at least MIN_CROP_SIDE pixels, centred CROP_SHIFT_PER_FOREARM x the forearm
+# beyond the wrist (the hand is about 0.75 forearm long), and is resized to CROP_SIZE x CROP_SIZE.
+REFINE_BELOW = 0.5
+CROP_SIDE_PER_FOREARM = 1.8
+CROP_SHIFT_PER_FOREARM = 0.3
+MIN_CROP_SIDE = 64.0
+CROP_SIZE = 256
+# (wrist, elbow) pose landmarks and the COCO-WholeBody hand slice of the person's left and right.
+ARMS = ((15, 13, LEFT_HAND), (16, 14, RIGHT_HAND))
+
+
+def hand_crop_box(wrist, elbow, width: int, height: int,
+                  side_per_forearm: float = CROP_SIDE_PER_FOREARM,
+                  shift_per_forearm: float = CROP_SHIFT_PER_FOREARM,
+                  min_side: float = MIN_CROP_SIDE) -> tuple[float, float, float] | None:
+    """The square to search a hand in: (x0, y0, side) in pixels of a ``width`` x ``height`` frame.
+
+    ``wrist`` and ``elbow`` are (x, y) pixels. The square's side is ``side_per_forearm`` x the
+    forearm length (at least ``min_side``, at most the frame's larger side); its centre is the
+    wrist moved ``shift_per_forearm`` x the forearm further along the elbow-to-wrist direction.
+    The square may reach beyond the frame (:func:`crop_square` pads it). None when the wrist is not
+    a finite point inside the frame (no position is invented).
+    """
+    wrist = np.asarray(wrist, np.float64)[:2]
+    elbow = np.asarray(elbow, np.float64)[:2]
+    if not (np.isfinite(wrist).all() and 0 <= wrist[0] <= width - 1 and 0 <= wrist[1] <= height - 1):
+        return None
+    forearm = wrist - elbow if np.isfinite(elbow).all() else np.zeros(2)
+    side = min(max(side_per_forearm * float(np.hypot(*forearm)), min_side), float(max(width, height)))
+    centre = wrist + shift_per_forearm * forearm
+    return float(centre[0] - side / 2), float(centre[1] - side / 2), side
+
+
+def crop_square(frame: np.ndarray, box: tuple[float, float, float], size: int = CROP_SIZE) -> np.ndarray:
+    """[size, size, C] image of ``box`` = (x0, y0, side) in ``frame``, bilinear, black beyond the
+    frame: crop pixel (u, v) samples frame point (x0 + u * side / size, y0 + v * side / size)."""
+    x0, y0, side = box
+    scale = size / side
+    matrix = np.float32([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]])
+    return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def hand_from_crop(points, box: tuple[float, float, float], size: int = CROP_SIZE) -> np.ndarray:
+    """Points [..., 2+] in pixels of a :func:`crop_square` crop -> the same points in frame pixels
+    (any further columns, e.g. a score, are kept): the exact inverse of the crop."""
+    x0, y0, side = box
+    out = np.array(points, np.float32, copy=True)
+    out[..., 0] = x0 + out[..., 0] * (side / size)
+    out[..., 1] = y0 + out[..., 1] * (side / size)
+    return out
+
+
 def _import_holistic():
     try:
         import mediapipe
@@ -185,6 +254,14 @@ def _import_holistic():
         raise ImportError(f"the 'mediapipe' pose backend needs MediaPipe 0.10.21 with its Holistic "
                           f"solution ({type(error).__name__}: {error}); install it with: {INSTALL_HINT}"
                           ) from error
+
+
+def holistic_hands():
+    """``mediapipe.solutions.hands`` (its models are inside the 0.10.21 wheel too)."""
+    _import_holistic()  # the same one-line ImportError when MediaPipe is missing
+    import mediapipe
+
+    return mediapipe.solutions.hands
 
 
 def _wait_until_started(holistic: Any) -> None:
@@ -204,8 +281,13 @@ class MediaPipeHolistic(PoseBackend):
 
     def __init__(self, weights: Path | str | None = None, device: str = "cpu",
                  min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5,
-                 refine_face_landmarks: bool = False, static_image_mode: bool = False):
+                 refine_face_landmarks: bool = False, static_image_mode: bool = False,
+                 refine_hands: bool = False):
         self.locate_weights(Path(weights) if weights else None)
+        if not isinstance(refine_hands, (bool, np.bool_)):
+            raise InputError(f"the 'mediapipe' backend option refine_hands must be true or false, "
+                             f"got {refine_hands!r}")
+        self.refine_hands = bool(refine_hands)
         self.weights = None
         self.device = device  # unused: MediaPipe's Python solutions run on the CPU
         self.options = dict(min_detection_confidence=float(min_detection_confidence),
@@ -218,6 +300,13 @@ class MediaPipeHolistic(PoseBackend):
             self._holistic = holistic.Holistic(model_complexity=1, smooth_landmarks=True,
                                                enable_segmentation=False, **self.options)
             _wait_until_started(self._holistic)
+            # MediaPipe Hands on one crop at a time: no tracking between crops (static image mode).
+            self._hands = (holistic_hands().Hands(static_image_mode=True, max_num_hands=1,
+                                                  model_complexity=1,
+                                                  min_detection_confidence=self.options["min_detection_confidence"])
+                           if self.refine_hands else None)
+            if self._hands is not None:
+                _wait_until_started(self._hands)
         self._fresh = True
 
     @classmethod
@@ -251,10 +340,39 @@ class MediaPipeHolistic(PoseBackend):
                 results = self._holistic.process(np.ascontiguousarray(frames[t]))
             self._fresh = False
             out[t] = holistic_to_wholebody(results, width, height)
+            if self._hands is not None and results.pose_landmarks is not None:
+                self._refine_hands(frames[t], results, out[t])
         return out
+
+    def _refine_hands(self, frame: np.ndarray, results: Any, keypoints: np.ndarray) -> None:
+        """Replace, in ``keypoints`` [133, 3], each side's missing Holistic hand by MediaPipe Hands'
+        hand in a crop around that side's pose wrist (see the module's docstring)."""
+        height, width = frame.shape[:2]
+        pose = _landmarks(results.pose_landmarks, NUM_POSE_LANDMARKS, width, height, visibility=True)
+        for wrist, elbow, hand in ARMS:
+            if keypoints[hand, 2].mean() >= REFINE_BELOW:
+                continue
+            box = hand_crop_box(pose[wrist, :2], pose[elbow, :2], width, height)
+            if box is None:
+                continue
+            with native_stderr_silenced():
+                found = self._hands.process(crop_square(frame, box))
+            if not found.multi_hand_landmarks:
+                continue
+            score = float(np.clip(found.multi_handedness[0].classification[0].score, 0.0, 1.0))
+            crop_points = _landmarks(found.multi_hand_landmarks[0], NUM_HAND_LANDMARKS, CROP_SIZE, CROP_SIZE)
+            refined = hand_from_crop(crop_points, box)
+            refined[:, 2] = score
+            inside = ((refined[:, 0] >= 0) & (refined[:, 0] <= width - 1) & (refined[:, 1] >= 0)
+                      & (refined[:, 1] <= height - 1) & np.isfinite(refined).all(axis=1))
+            refined[~inside | (refined[:, 2] <= 0)] = 0.0
+            if refined[:, 2].mean() > keypoints[hand, 2].mean():
+                keypoints[hand] = refined
 
     def close(self) -> None:
         if self._holistic is not None:
             with native_stderr_silenced():
                 self._holistic.close()
-            self._holistic = None
+                if self._hands is not None:
+                    self._hands.close()
+            self._holistic = self._hands = None
