@@ -239,12 +239,9 @@ def import_features_command(manifest: Path, source: Path, out: Path, stream: str
 
     rows, bad_rows = read_rows(manifest)
     result = import_features(rows, source, out, stream, shard_size=shard_size, force=force)
-    for video_id, reason in result.failures.items():
-        click.echo(f"failed: features.{stream} {video_id}: {reason}", err=True)
-    click.echo(f"features.{stream}: {result.imported} imported, {len(result.failures)} failed, "
-               f"{len(result.unmatched)} in the source without a manifest row (not imported)")
-    if result.failures or bad_rows:
-        raise Failed(f"{len(result.failures) + len(bad_rows)} item(s) failed (listed above)")
+    finish_import(f"features.{stream}", result.failures, bad_rows,
+                  f"{result.imported} imported, {len(result.failures)} failed, "
+                  f"{len(result.unmatched)} in the source without a manifest row (not imported)")
 
 
 @main.command("import-keypoints")
@@ -273,16 +270,13 @@ def import_keypoints_command(manifest: Path, source: Path, fmt: str, out: Path, 
     rows, bad_rows = read_rows(manifest)
     result = import_keypoints(rows, source, out, fmt, root or manifest.parent, shard_size=shard_size,
                               force=force, frame_size=frame_size)
-    for video_id, reason in result.failures.items():
-        click.echo(f"failed: keypoints {video_id}: {reason}", err=True)
     for video_id, note in result.frame_counts.items():
         click.echo(f"frame count: {video_id}: {note}", err=True)
-    click.echo(f"keypoints: {result.imported} imported from {source} ({fmt}), {len(result.failures)} failed, "
-               f"{len(result.frame_counts)} with another frame count than their video, "
-               f"{len(result.unmatched)} in the source without a manifest row (not imported"
-               + (f", e.g. {', '.join(result.unmatched[:3])})" if result.unmatched else ")"))
-    if result.failures or bad_rows:
-        raise Failed(f"{len(result.failures) + len(bad_rows)} item(s) failed (listed above)")
+    finish_import("keypoints", result.failures, bad_rows,
+                  f"{result.imported} imported from {source} ({fmt}), {len(result.failures)} failed, "
+                  f"{len(result.frame_counts)} with another frame count than their video, "
+                  f"{len(result.unmatched)} in the source without a manifest row (not imported"
+                  + (f", e.g. {', '.join(result.unmatched[:3])})" if result.unmatched else ")"))
 
 
 @main.command("render-heatmaps")
@@ -711,6 +705,15 @@ def finish(results: list[ShardResult], bad_rows: list[BadRow]) -> None:
     report(results)
     if bad_rows:
         raise Failed(f"{len(bad_rows)} manifest row(s) skipped (listed above)")
+
+
+def finish_import(stage: str, failures: dict[str, str], bad_rows: list[BadRow], summary: str) -> None:
+    """An import's failures one per line, its summary, exit 1 if anything failed."""
+    for video_id, reason in failures.items():
+        click.echo(f"failed: {stage} {video_id}: {reason}", err=True)
+    click.echo(f"{stage}: {summary}")
+    if failures or bad_rows:
+        raise Failed(f"{len(failures) + len(bad_rows)} item(s) failed (listed above)")
 
 
 def run_stage_command(stage_name: str, config: dict, manifest: Path, out: Path, root: Path | None,
