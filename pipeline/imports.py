@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.files import inside
-from cslr_pipe.features.imported import (FeatureFileError, check_features, check_keypoints, list_feature_dir,
-                                         load_npy, read_slrt_features, read_slrt_keypoints, slrt_name_to_id)
+from cslr_pipe.features.imported import (FeatureFileError, check_features, check_keypoints, list_feature_dir, load_npy,
+                                         read_slrt_features, read_slrt_keypoints, slrt_name_to_id)
 from cslr_pipe.features.manifest import ManifestRow, check_id
 from cslr_pipe.features.store import Provenance, ShardWriter, load_records, sha256_file, write_index
 from cslr_pipe.features.video import VideoError, probe_video

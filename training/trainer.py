@@ -31,17 +31,17 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cslr_pipe.training import distributed
 from cslr_pipe.features.errors import InputError
 from cslr_pipe.features.files import atomic_writer
+from cslr_pipe.features.registry import checked_options
 from cslr_pipe.features.store import Cache
 from cslr_pipe.features.weights import CheckpointError, load_torch_file
+from cslr_pipe.training import distributed
 from cslr_pipe.training.data import (Augmentation, CachedSequenceDataset, LengthBucketSampler, collate_padded,
                                      resolve_streams)
 from cslr_pipe.training.decoding import beam_search_decode, greedy_decode
 from cslr_pipe.training.metrics import WERDetails, wer_details
 from cslr_pipe.training.models import MODELS
-from cslr_pipe.features.registry import checked_options
 
 CHECKPOINT_VERSION = 1
 
@@ -274,16 +274,10 @@ def epoch_scalars(record: dict) -> dict[str, float]:
 
 
 def open_event_writer(folder: Path):
-    """A TensorBoard writer of a new event file in ``folder``: tensorboardX's SummaryWriter.
-
-    tensorboardX (a 90 kB wheel that needs only numpy, packaging and protobuf) rather than
-    torch.utils.tensorboard, which needs the tensorboard package: 5.5 MB, plus grpcio (7.4 MB),
-    tensorboard-data-server (6.6 MB), werkzeug, markdown and absl-py, about 20 MB of wheels. Its
-    writes go through a queue to a thread: flush_secs=1 has each epoch's scalars on disk within a
-    second, close() (or the interpreter's exit) writes the rest. The suffix (nanoseconds, process)
-    keeps two writers of the same second and host (a run resumed at once) out of each other's file
-    and has TensorBoard, which reads the files in the order of their names, read them in order.
-    """
+    """A TensorBoard writer of a new event file in ``folder`` (tensorboardX: a 90 kB wheel on numpy and
+    protobuf, where torch.utils.tensorboard needs ~20 MB of tensorboard and grpcio wheels). Scalars
+    reach the disk within flush_secs; the name's suffix (ns, process) keeps a resumed run's file apart
+    and after the one it continues, in the name order TensorBoard reads them in."""
     from tensorboardX import SummaryWriter  # imported by a run that writes events only
 
     return SummaryWriter(str(folder), flush_secs=1, filename_suffix=f".{time.time_ns()}.{os.getpid()}")
