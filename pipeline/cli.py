@@ -279,6 +279,39 @@ def import_keypoints_command(manifest: Path, source: Path, fmt: str, out: Path, 
                   + (f", e.g. {', '.join(result.unmatched[:3])})" if result.unmatched else ")"))
 
 
+@main.command("export-keypoints")
+@click.option("--cache", "cache_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Cache holding a keypoints stage (extracted or imported).")
+@click.option("--format", "fmt", required=True, type=click.Choice(["slrt", "pose"]),
+              help="slrt: one pickle, video name -> [T, 133, 3], as SLRT's loaders read it; pose: one "
+                   "pose-format .pose file per video.")
+@click.option("--to", "target", required=True, type=click.Path(path_type=Path),
+              help="The .pkl file (slrt) or the folder (pose) to write.")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="slrt: name each video SPLIT/ID as SLRT does (without it: ID).")
+@handle_errors
+def export_keypoints(cache_dir: Path, fmt: str, target: Path, manifest: Path | None) -> None:
+    """Write a cache's keypoints for other tools: SLRT's keypoint file or pose-format .pose files
+    (`import-keypoints` reads both back)."""
+    from cslr_pipe.features.store import open_cache
+
+    cache = open_cache(cache_dir)
+    if "keypoints" not in cache.stages():
+        fail_input(f"{cache_dir}: no keypoints stage to export")
+    if fmt == "pose":
+        from cslr_pipe.features.pose.pose_format import export_pose_files
+
+        click.echo(f"keypoints: {export_pose_files(cache, target)} .pose files in {target}")
+        return
+    from cslr_pipe.features.imported import write_slrt_keypoints
+
+    splits = {row.id: row.split for row in read_manifest(manifest)} if manifest else {}
+    ids = cache.ids("keypoints")
+    write_slrt_keypoints(target, {f"{splits[i]}/{i}" if i in splits else i: cache.read(i, ["keypoints"])["keypoints"]
+                                  for i in ids})
+    click.echo(f"keypoints: {len(ids)} videos in {target} (SLRT's keypoint file)")
+
+
 @main.command("render-heatmaps")
 @stage_options
 @click.option("--preset", type=click.Choice(HEATMAP_PRESETS), default=None,

@@ -222,3 +222,28 @@ def test_a_real_signing_video_through_extract_keypoints_and_inspect(tmp_path):
     picture = invoke("inspect", "signing", "--manifest", manifest, "--cache", tmp_path / "imported",
                      "--out", tmp_path / "signing.png")
     assert picture.exit_code == 0 and (tmp_path / "signing.png").stat().st_size > 10_000
+
+
+def test_export_keypoints_then_import_gives_the_same_keypoints(corpus, tmp_path):
+    manifest, rows = corpus
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    for i, row in enumerate(rows):
+        np.save(folder / f"{row['id']}.npy", random_keypoints(4 + i, 24, 32, seed=40 + i))
+    assert invoke("import-keypoints", "--manifest", manifest, "--from", folder, "--format", "npy",
+                  "--out", tmp_path / "a").exit_code == 0
+    for fmt, target in (("slrt", tmp_path / "k.pkl"), ("pose", tmp_path / "pose")):
+        exported = invoke("export-keypoints", "--cache", tmp_path / "a", "--format", fmt, "--to", target,
+                          "--manifest", manifest)
+        assert exported.exit_code == 0 and "keypoints: 4" in exported.output, exported.output
+        back = invoke("import-keypoints", "--manifest", manifest, "--from", target, "--format", fmt,
+                      "--out", tmp_path / fmt)
+        assert back.exit_code == 0 and "4 imported" in back.output, back.output
+        for row in rows:
+            original = np.load(folder / f"{row['id']}.npy")
+            again = open_cache(tmp_path / fmt).read(row["id"], ["keypoints"])["keypoints"]
+            assert original.any() and np.array_equal(again, original)
+    with open(tmp_path / "k.pkl", "rb") as handle:
+        assert sorted(pickle.load(handle)) == ["dev/v1", "test/v2", "train/v0", "train/v3"]  # SLRT's names
+    empty = invoke("export-keypoints", "--cache", folder, "--format", "slrt", "--to", tmp_path / "x.pkl")
+    assert empty.exit_code == 2 and "no keypoints stage" in empty.output
