@@ -112,12 +112,17 @@ def test_bad_entries_fail_one_by_one_and_the_rest_imports(corpus, tmp_path):
     assert cache.ids("keypoints") == ["v0"] and sorted(cache.failed("keypoints")) == ["v1", "v2", "v3"]
 
 
-def test_npy_folder_and_a_cache_of_extracted_keypoints(corpus, tmp_path):
-    manifest, rows = corpus
-    folder = tmp_path / "npy"
+def npy_folder(folder, rows, seed: int):
+    """``<id>.npy`` keypoints for each row (video i has 4 + i frames, as in the corpus)."""
     folder.mkdir()
     for i, row in enumerate(rows):
-        np.save(folder / f"{row['id']}.npy", random_keypoints(4 + i, 24, 32, seed=10 + i))
+        np.save(folder / f"{row['id']}.npy", random_keypoints(4 + i, 24, 32, seed=seed + i))
+    return folder
+
+
+def test_npy_folder_and_a_cache_of_extracted_keypoints(corpus, tmp_path):
+    manifest, rows = corpus
+    folder = npy_folder(tmp_path / "npy", rows, seed=10)
     result = import_keypoints(read_manifest(manifest), folder, tmp_path / "cache", "npy", manifest.parent)
     assert result.imported == 4 and not result.failures and not result.frame_counts
     assert np.array_equal(open_cache(tmp_path / "cache").read("v2", ["keypoints"])["keypoints"],
@@ -226,10 +231,7 @@ def test_a_real_signing_video_through_extract_keypoints_and_inspect(tmp_path):
 
 def test_export_keypoints_then_import_gives_the_same_keypoints(corpus, tmp_path):
     manifest, rows = corpus
-    folder = tmp_path / "npy"
-    folder.mkdir()
-    for i, row in enumerate(rows):
-        np.save(folder / f"{row['id']}.npy", random_keypoints(4 + i, 24, 32, seed=40 + i))
+    folder = npy_folder(tmp_path / "npy", rows, seed=40)
     assert invoke("import-keypoints", "--manifest", manifest, "--from", folder, "--format", "npy",
                   "--out", tmp_path / "a").exit_code == 0
     for fmt, target in (("slrt", tmp_path / "k.pkl"), ("pose", tmp_path / "pose")):
