@@ -47,9 +47,28 @@ def stage_options(function):
         click.option("--force", is_flag=True, help="Recompute shards that are already complete."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
+    return with_options(function, options)
+
+
+def with_options(function, options: list):
+    """``function`` decorated with each of ``options``, the first shown first in --help."""
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def import_options(source_help: str):
+    """Options of the import commands: the manifest, what to import (--from), the cache, the shard size."""
+    options = [
+        click.option("--manifest", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                     help="Manifest of the videos."),
+        click.option("--from", "source", required=True, type=click.Path(exists=True, path_type=Path),
+                     help=source_help),
+        click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Cache folder."),
+        click.option("--shard-size", default=32, show_default=True, type=click.IntRange(min=1),
+                     help="Videos per shard (equal to the other stages of this cache)."),
+    ]
+    return lambda function: with_options(function, options)
 
 
 weights_option = click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -221,15 +240,9 @@ def cache_features(stream: str, backbone: str, weights: str | None, backbone_opt
 
 
 @main.command("import-features")
-@click.option("--manifest", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Manifest of the videos.")
-@click.option("--from", "source", required=True, type=click.Path(exists=True, path_type=Path),
-              help="A folder of <id>.npy files [T, D], or a feature file written by SLRT's extractor "
-                   "(gzip pickle of dicts with 'name' and 'sign').")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Cache folder.")
+@import_options("A folder of <id>.npy files [T, D], or a feature file written by SLRT's extractor "
+                "(gzip pickle of dicts with 'name' and 'sign').")
 @click.option("--stream", required=True, help="Stream name; features go to stage features.<stream>.")
-@click.option("--shard-size", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Videos per shard (equal to the other stages of this cache).")
 @click.option("--force", is_flag=True, help="Overwrite shards made by another import.")
 @handle_errors
 def import_features_command(manifest: Path, source: Path, out: Path, stream: str, shard_size: int,
@@ -245,20 +258,14 @@ def import_features_command(manifest: Path, source: Path, out: Path, stream: str
 
 
 @main.command("import-keypoints")
-@click.option("--manifest", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Manifest of the videos.")
-@click.option("--from", "source", required=True, type=click.Path(exists=True, path_type=Path),
-              help="slrt: SLRT's keypoint file (a pickle: video name -> [T, 133, 3]); pose: a folder of "
-                   "<id>.pose files (COCO-WholeBody or MediaPipe Holistic); npy: a folder of <id>.npy [T, 133, 3].")
+@import_options("slrt: SLRT's keypoint file (a pickle: video name -> [T, 133, 3]); pose: a folder of <id>.pose "
+                "files (COCO-WholeBody or MediaPipe Holistic); npy: a folder of <id>.npy [T, 133, 3].")
 @click.option("--format", "fmt", required=True, type=click.Choice(["slrt", "pose", "npy"]),
               help="What --from holds.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Cache folder.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder that relative video paths start from [default: the manifest's folder].")
 @click.option("--frame-size", type=(int, int), default=None, metavar="H W",
               help="Frame size where a video is not at hand (otherwise read from the video or the .pose header).")
-@click.option("--shard-size", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Videos per shard (equal to the other stages of this cache).")
 @click.option("--force", is_flag=True, help="Overwrite keypoint shards made otherwise (extracted, or another import).")
 @handle_errors
 def import_keypoints_command(manifest: Path, source: Path, fmt: str, out: Path, root: Path | None,
